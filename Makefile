@@ -1,0 +1,25 @@
+# The two commands of the README: `make quickstart` (the main job) and `make test` (the suite).
+# Each creates .venv on first use; torch/torchvision are pinned in constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: quickstart test env clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+env: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/unizoo quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x --durations=15
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""unizoo data: sources of Samples and the one mixed-task DataModule."""
