@@ -5,8 +5,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from zoo.config import Configurable
 
-class ImageSpace(nn.Module):
+
+class ImageSpace(Configurable, nn.Module):
     """An image <-> token space (SigLIP features, VQ codes, ...).
 
     Attributes every space sets: `num_tokens` (N tokens per image), `dim` (D, feature width the LM

@@ -1,0 +1,150 @@
+"""Decoding from a UnifiedVLM: text, image tokens, and both interleaved, with one KV cache.
+
+Every sample in a batch runs its own little state machine, vectorised across the batch:
+text mode (sample a token; `<boi>` switches to image mode) -> image mode (N steps: the head's
+prediction, its embedding fed back through the generation projector) -> `<eoi>` forced -> text mode.
+The paper's reference path (recompute the whole sequence at every step, no cache) is kept behind
+`use_cache=False`; both paths give the same outputs within float tolerance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from zoo.unified import UnifiedVLM
+
+
+@dataclass
+class GenerationConfig:
+    """How to decode: greedy when temperature is 0; top-k / top-p filter sampled text."""
+
+    max_new_tokens: int = 128
+    max_images: int = 1
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    image_temperature: float = 0.0
+    use_cache: bool = True
+    seed: int | None = None
+
+
+@dataclass
+class GenerationOutput:
+    """What came out: text per sample, and per sample a list of image tokens ([N, D] features or [N] codes)."""
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    images: list[list[torch.Tensor]] = field(default_factory=list)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Mask logits [B, V] outside the top-k and the top-p nucleus with -inf."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = torch.softmax(sorted_logits, -1).cumsum(-1)
+        drop_sorted = cumulative - torch.softmax(sorted_logits, -1) > top_p  # keep the first token past p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _pick_token(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    if cfg.temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p), -1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _prompt_embeddings(model: UnifiedVLM, batch: dict[str, Any]) -> torch.Tensor:
+    ids = batch["input_ids"]
+    embeds = model.backbone.embed_tokens(ids)
+    read_pos = ids == model.backbone.token_ids["image"]
+    if read_pos.any():
+        embeds = embeds.masked_scatter(read_pos.unsqueeze(-1), model.encode_read_images(batch).to(embeds.dtype))
+    return embeds
+
+
+@torch.no_grad()
+def generate(model: UnifiedVLM, batch: dict[str, Any], config: GenerationConfig | None = None) -> GenerationOutput:
+    """Continue left-padded prompts (`UnifiedProcessor.prompt`) until EOS or the token budget."""
+    cfg = config or GenerationConfig()
+    tok = model.backbone.token_ids
+    backbone = model.backbone
+    generator = torch.Generator(device=batch["input_ids"].device).manual_seed(cfg.seed) if cfg.seed is not None else None
+    embeds = _prompt_embeddings(model, batch)
+    mask = batch["attention_mask"].clone()
+    batch_size, device = embeds.shape[0], embeds.device
+    n_image = model.output_space.num_tokens if model.output_space is not None else 0
+
+    cache = backbone.new_cache() if cfg.use_cache else None
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    hidden, cache = backbone.hidden_states(embeds, mask, positions, cache=cache, use_cache=cfg.use_cache)
+    last = hidden[:, -1]
+    next_pos = positions[:, -1] + 1
+
+    image_step = torch.full((batch_size,), -1, dtype=torch.long, device=device)  # -1: text mode
+    images_done = torch.zeros(batch_size, dtype=torch.long, device=device)
+    text_count = torch.zeros(batch_size, dtype=torch.long, device=device)
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    out_ids: list[list[int]] = [[] for _ in range(batch_size)]
+    image_tokens: list[list[list[torch.Tensor]]] = [[] for _ in range(batch_size)]
+    max_steps = cfg.max_new_tokens + cfg.max_images * (n_image + 2)
+
+    for _ in range(max_steps):
+        in_image = (image_step >= 0) & (image_step < n_image)
+        close_image = image_step == n_image
+        in_text = ~in_image & ~close_image
+
+        token = _pick_token(backbone.lm_logits(last), cfg, generator)
+        if not (images_done < cfg.max_images).all():  # no budget left for another image: never open one
+            token = torch.where((token == tok["boi"]) & (images_done >= cfg.max_images), tok["eos"], token)
+        token = torch.where(close_image, torch.full_like(token, tok["eoi"]), token)
+        step_embed = backbone.embed_tokens(token.unsqueeze(1)).squeeze(1)
+        if n_image and in_image.any():
+            value, image_embed = model.next_image_token(last, sample=cfg.image_temperature > 0, temperature=cfg.image_temperature)
+            step_embed = torch.where(in_image.unsqueeze(-1), image_embed.to(step_embed.dtype), step_embed)
+            for b in in_image.nonzero().flatten().tolist():
+                image_tokens[b][-1].append(value[b])
+            token = torch.where(in_image, torch.full_like(token, tok["image_out"]), token)
+
+        for b in (~finished).nonzero().flatten().tolist():
+            out_ids[b].append(int(token[b]))
+            if bool(in_text[b]) and int(token[b]) == tok["boi"] and n_image:
+                image_tokens[b].append([])
+        opened = in_text & (token == tok["boi"]) & (n_image > 0)
+        image_step = torch.where(in_image, image_step + 1, image_step)
+        image_step = torch.where(close_image, torch.full_like(image_step, -1), image_step)
+        image_step = torch.where(opened & ~finished, torch.zeros_like(image_step), image_step)
+        images_done = images_done + (opened & ~finished).long()
+        text_count = text_count + (in_text & ~finished).long()
+        finished = finished | (in_text & (token == tok["eos"])) | (text_count >= cfg.max_new_tokens) & (image_step < 0)
+        if finished.all():
+            break
+
+        mask = torch.cat([mask, torch.ones(batch_size, 1, dtype=mask.dtype, device=device)], dim=1)
+        if cfg.use_cache:
+            hidden, cache = backbone.hidden_states(step_embed.unsqueeze(1), mask, next_pos.unsqueeze(1), cache=cache, use_cache=True)
+        else:  # the paper's reference path: the whole sequence again, every step
+            embeds = torch.cat([embeds, step_embed.unsqueeze(1)], dim=1)
+            hidden, _ = backbone.hidden_states(embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+        last = hidden[:, -1]
+        next_pos = next_pos + 1
+
+    texts = [model.processor.decode_text(ids) for ids in out_ids]
+    images = [[torch.stack(tokens) for tokens in per_sample if len(tokens) == n_image] for per_sample in image_tokens]
+    return GenerationOutput(texts=texts, token_ids=out_ids, images=images)
+
+
+@torch.no_grad()
+def decode_images(model: UnifiedVLM, tokens: list[torch.Tensor]) -> torch.Tensor | None:
+    """Generated VQ codes [N] (one tensor per image) -> pixels [n, 3, H, W]; None where the space cannot decode."""
+    space = model.output_space
+    if space is None or not tokens or not space.can_decode:
+        return None
+    stacked = torch.stack(tokens)
+    return space.decode(codes=stacked) if space.discrete else space.decode(features=stacked)

@@ -1,0 +1,259 @@
+"""UnifiedVLM: one causal LM that reads images through an input space and writes them in an output space."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from zoo.adapters import ProjectorKind, make_head, make_projector
+from zoo.backbone import LanguageBackbone
+from zoo.config import Configurable, build
+from zoo.objectives import IGNORE_INDEX, ImageLossKind, image_token_loss, per_group_mean, text_cross_entropy
+from zoo.processor import UnifiedProcessor
+from zoo.sample import TASKS
+from zoo.spaces.base import ImageSpace
+
+_RELOADABLE_ARGS = ("pretrained", "checkpoint", "model", "checkpoint_path")
+
+
+class UnifiedVLM(Configurable, L.LightningModule):
+    """A unified vision-language model (DESIGN.md §3-4).
+
+    Components are injected (LightningCLI `class_path`/`init_args`, or specs when rebuilt from a
+    checkpoint). Subclass hooks, in the order a training step calls them:
+    `encode_read_images` (understanding input), `encode_written_images` (teacher forcing + targets),
+    `image_loss` (generation objective), and at inference `next_image_token`.
+    """
+
+    def __init__(
+        self,
+        backbone: LanguageBackbone,
+        input_space: ImageSpace | None = None,
+        output_space: ImageSpace | None = None,
+        und_projector: ProjectorKind = "mlp",
+        gen_projector: ProjectorKind = "mlp",
+        share_projector: bool = False,
+        image_loss: ImageLossKind | None = None,
+        alpha: float = 1.0,
+        lr: float = 2e-4,
+        projector_lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.03,
+        max_length: int | None = None,
+        cache_codes: bool = False,
+        eval_max_new_tokens: int = 128,
+        eval_temperature: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(self.spec()["init_args"])
+        self.backbone = build(backbone)
+        self.input_space = build(input_space)
+        self.output_space = build(output_space)
+        hidden = self.backbone.hidden_size
+        if self.input_space is not None:
+            self.und_projector = make_projector(und_projector, self.input_space.dim, hidden)
+        if self.output_space is not None:
+            out = self.output_space
+            if share_projector:
+                if self.input_space is None or self.input_space.dim != out.dim:
+                    raise ValueError("share_projector needs an input space of the output space's width")
+                self.gen_projector = self.und_projector  # the paper's SigLIP-SigLIP: one projector both ways
+            else:
+                self.gen_projector = make_projector(gen_projector, out.dim, hidden)
+            self.head = make_head(hidden, out.codebook_size if out.discrete else out.dim)
+            self.image_loss_kind: ImageLossKind = image_loss or ("ce" if out.discrete else "cosine")
+            if out.discrete != (self.image_loss_kind == "ce"):
+                raise ValueError(f"image_loss {self.image_loss_kind!r} does not fit a {'discrete' if out.discrete else 'continuous'} output space")
+        self.alpha = alpha
+        self.max_length = max_length or self.backbone.max_positions
+        self.processor = UnifiedProcessor(
+            tokenizer=self.backbone.tokenizer,
+            token_ids=self.backbone.token_ids,
+            input_space=self.input_space,
+            output_space=self.output_space,
+            max_length=self.max_length,
+            code_cache=self._make_code_cache() if cache_codes else None,
+        )
+
+    # ----------------------------------------------------------------------------- forward pass
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Teacher-forced pass over a collated batch: per-token text and image losses with their sample ids."""
+        ids, ids_ = batch["input_ids"], self.backbone.token_ids
+        embeds = self.backbone.embed_tokens(ids)
+        read_pos, write_pos = ids == ids_["image"], ids == ids_["image_out"]
+        if read_pos.any():
+            embeds = embeds.masked_scatter(read_pos.unsqueeze(-1), self.encode_read_images(batch).to(embeds.dtype))
+        targets = None
+        if write_pos.any():
+            teacher, targets = self.encode_written_images(batch)
+            embeds = embeds.masked_scatter(write_pos.unsqueeze(-1), teacher.to(embeds.dtype))
+        hidden, _ = self.backbone.hidden_states(embeds, batch["attention_mask"])
+        # Position t predicts token t+1: text logits only where a label is set (never on image positions).
+        hidden, labels = hidden[:, :-1], batch["labels"][:, 1:]
+        sample_of = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(labels)
+        text_sel = labels != IGNORE_INDEX
+        out = {
+            "text_loss": text_cross_entropy(self.backbone.lm_logits(hidden[text_sel]), labels[text_sel]),
+            "text_sample": sample_of[text_sel],
+        }
+        if targets is not None:
+            image_sel = write_pos[:, 1:]  # the position before each written image token
+            out["image_loss"] = self.image_loss(self.head(hidden[image_sel]), targets)
+            out["image_sample"] = sample_of[image_sel]
+        return out
+
+    # ----------------------------------------------------------------------------- hooks
+    def encode_read_images(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Embeddings [n_images * N_in, H] for every read-image position, in batch order."""
+        space = self.input_space
+        if batch.get("und_codes") is not None:
+            features = space.embed_codes(batch["und_codes"])
+        else:
+            features, _ = space.encode(batch["und_pixels"])
+        return self.und_projector(features).flatten(0, 1)
+
+    def encode_written_images(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(teacher-forcing embeddings [M, H], targets [M, D] features or [M] codes) for written images."""
+        space = self.output_space
+        if batch.get("gen_codes") is not None:
+            codes = batch["gen_codes"]
+            features = space.embed_codes(codes)
+        else:
+            features, codes = space.encode(batch["gen_pixels"])
+        if space.discrete:
+            return self.gen_projector(space.embed_codes(codes)).flatten(0, 1), codes.flatten()
+        return self.gen_projector(features).flatten(0, 1), features.flatten(0, 1).detach()
+
+    def image_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-token generation loss [M] of head outputs against targets."""
+        return image_token_loss(self.image_loss_kind, prediction, target)
+
+    def next_image_token(self, hidden: torch.Tensor, sample: bool = False, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the last hidden states [B, H]: (the image token [B, D] or code [B], its embedding [B, H] to feed back)."""
+        prediction = self.head(hidden)
+        space = self.output_space
+        if space.discrete:
+            if sample and temperature > 0:
+                code = torch.multinomial(torch.softmax(prediction.float() / temperature, -1), 1).squeeze(-1)
+            else:
+                code = prediction.argmax(-1)
+            return code, self.gen_projector(space.embed_codes(code.unsqueeze(1))).squeeze(1)
+        return prediction, self.gen_projector(prediction.unsqueeze(1)).squeeze(1)
+
+    # ----------------------------------------------------------------------------- training loop
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        out = self(batch)
+        text = out["text_loss"].mean() if out["text_loss"].numel() else out["text_loss"].sum()
+        loss = text
+        bs = batch["input_ids"].shape[0]
+        self.log(f"{stage}/text_loss", text, batch_size=bs, prog_bar=stage == "train")
+        if "image_loss" in out:
+            image = out["image_loss"].mean()
+            loss = loss + self.alpha * image
+            self.log(f"{stage}/image_loss", image, batch_size=bs, prog_bar=stage == "train")
+        self.log(f"{stage}/loss", loss, batch_size=bs, prog_bar=True)
+        self._log_per_task(out, batch["tasks"], stage)
+        return loss
+
+    def _log_per_task(self, out: dict[str, torch.Tensor], tasks: list[str], stage: str) -> None:
+        task_ids = torch.tensor([TASKS.index(t) for t in tasks], device=out["text_loss"].device)
+        for part in ("text", "image"):
+            if f"{part}_loss" not in out:
+                continue
+            means, counts = per_group_mean(out[f"{part}_loss"].detach(), task_ids[out[f"{part}_sample"]], len(TASKS))
+            for i, task in enumerate(TASKS):
+                if counts[i] > 0:
+                    self.log(f"{stage}/{part}_loss/{task}", means[i], batch_size=int((task_ids == i).sum()))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """One optimisation step's loss (text CE + alpha x image loss)."""
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss {loss.item()} at step {self.global_step} (batch {batch_idx}); "
+                "stopping: the last good checkpoint is kept. Lower the learning rate or check the data."
+            )
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Teacher-forced validation losses, per part and task."""
+        return self._step(batch, "val")
+
+    # ----------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW with two groups (LM/LoRA at `lr`, projectors/heads at `projector_lr`), cosine with warm-up."""
+        hp = self.hparams
+        lm = [p for p in self.backbone.parameters() if p.requires_grad]
+        lm_ids = {id(p) for p in lm}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in lm_ids]
+        groups = [g for g in ({"params": lm, "lr": hp.lr}, {"params": rest, "lr": hp.projector_lr}) if g["params"]]
+        optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
+        warmup = int(hp.warmup_ratio * total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _make_code_cache(self):
+        from zoo.code_cache import CodeCache
+
+        discrete = [s for s in (self.output_space, self.input_space) if s is not None and s.discrete]
+        if not discrete:
+            raise ValueError("cache_codes=True needs a discrete (VQ) input or output space")
+        return CodeCache(discrete[0])
+
+    def reloadable_prefixes(self) -> list[str]:
+        """State-dict prefixes of frozen components that rebuild from their own source (hub id, path)."""
+        prefixes = []
+        for name in ("backbone", "input_space", "output_space"):
+            module = getattr(self, name)
+            if module is None:
+                continue
+            args = module.spec()["init_args"]
+            nested = args.get("base") if isinstance(args.get("base"), dict) else {}
+            if any(args.get(k) for k in _RELOADABLE_ARGS) or any((nested.get("init_args") or {}).get(k) for k in _RELOADABLE_ARGS):
+                prefixes.append(f"{name}.")
+        return prefixes
+
+    def frozen_state_keys(self) -> set[str]:
+        """Keys left out of checkpoints: frozen parameters of components that reload from their source."""
+        prefixes = tuple(self.reloadable_prefixes())
+        if not prefixes:
+            return set()
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k for k in self.state_dict() if k.startswith(prefixes) and k not in trainable}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep trainable weights and the config; drop frozen weights that reload from their source."""
+        frozen = self.frozen_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        checkpoint["unizoo_spec"] = self.spec()
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Load, accepting only the frozen reloadable keys as missing; anything else is an error."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        if strict:
+            missing = set(result.missing_keys) - self.frozen_state_keys()
+            if missing or result.unexpected_keys:
+                raise RuntimeError(
+                    f"checkpoint does not fit {type(self).__name__}: {len(missing)} missing keys "
+                    f"(e.g. {sorted(missing)[:3]}), {len(result.unexpected_keys)} unexpected keys "
+                    f"(e.g. {sorted(result.unexpected_keys)[:3]}); was it written by another architecture?"
+                )
+        return result
+
+
+def trainable_parameter_count(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(module.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

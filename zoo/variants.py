@@ -1,0 +1,87 @@
+"""The study's architecture families as thin wirings of UnifiedVLM (DESIGN.md §3).
+
+Aligned vs misaligned is a wiring choice: one space both ways, two spaces, or one space whose input
+side passes through a fixed random affine map. Single-task baselines are the same classes trained on
+single-task data (a data choice, not a model class).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from zoo.adapters import ProjectorKind
+from zoo.backbone import LanguageBackbone
+from zoo.config import build
+from zoo.spaces.affine import AffineSpace
+from zoo.spaces.base import ImageSpace
+from zoo.unified import UnifiedVLM
+
+
+class SharedSpaceVLM(UnifiedVLM):
+    """One space read and written (SigLIP-SigLIP, VQ-VQ); optionally one projector both ways, as in the paper."""
+
+    def __init__(
+        self,
+        backbone: LanguageBackbone,
+        space: ImageSpace,
+        projector: ProjectorKind = "mlp",
+        share_projector: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        space = build(space)
+        super().__init__(
+            backbone=backbone,
+            input_space=space,
+            output_space=space,
+            und_projector=projector,
+            gen_projector=projector,
+            share_projector=share_projector,
+            **kwargs,
+        )
+
+
+class SeparateSpacesVLM(UnifiedVLM):
+    """Different spaces for reading and writing (SigLIP-VQ, VQ-SigLIP, CLIP-VQ)."""
+
+    def __init__(
+        self,
+        backbone: LanguageBackbone,
+        input_space: ImageSpace,
+        output_space: ImageSpace,
+        und_projector: ProjectorKind = "mlp",
+        gen_projector: ProjectorKind = "linear",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            backbone=backbone,
+            input_space=input_space,
+            output_space=output_space,
+            und_projector=und_projector,
+            gen_projector=gen_projector,
+            share_projector=False,
+            **kwargs,
+        )
+
+
+class MisalignedVLM(UnifiedVLM):
+    """One space written as is and read through `AffineSpace(space, strength, seed)` (PAPER.md §4)."""
+
+    def __init__(
+        self,
+        backbone: LanguageBackbone,
+        space: ImageSpace,
+        strength: float = 0.1,
+        affine_seed: int = 0,
+        projector: ProjectorKind = "linear",
+        share_projector: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        space = build(space)
+        super().__init__(
+            backbone=backbone,
+            input_space=AffineSpace(space, strength=strength, seed=affine_seed),
+            output_space=space,
+            und_projector=projector,
+            gen_projector=projector,
+            share_projector=share_projector,
+            **kwargs,
+        )
