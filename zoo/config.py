@@ -100,3 +100,14 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     for key, value in override.items():
         out[key] = merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
     return out
+
+
+def resolve_asset(path: str) -> str:
+    """A path as given, or, when it names a file shipped inside the package (`zoo/assets/...`), its installed location."""
+    import os
+    from pathlib import Path
+
+    if os.path.exists(path) or not path.replace("\\", "/").startswith("zoo/assets/"):
+        return path
+    packaged = Path(__file__).resolve().parent.parent / path
+    return str(packaged) if packaged.exists() else path

@@ -1,0 +1,167 @@
+"""CodeCache: pre-encoded code indices of a discrete image space, so its encoder stays out of training."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from zoo.spaces.base import ImageSpace
+
+_CHECKED = ("num_tokens", "codebook_size", "image_size", "weights_sha256")
+
+
+class CodeCache:
+    """Per-image code indices [N] of a discrete `space`, keyed by stable image keys.
+
+    Misses are encoded in one batch under ``no_grad`` and kept in memory. `save`/`load` use one
+    safetensors file at `path` (loaded at construction when it exists) whose metadata records the
+    space's num_tokens, codebook_size, image_size and a hash of its weights; a file written for
+    another space is refused. In DataLoader workers misses are encoded per worker and not shared:
+    call `precompute` before training.
+    """
+
+    def __init__(self, space: ImageSpace, path: str | os.PathLike | None = None) -> None:
+        if not space.discrete:
+            raise ValueError(f"CodeCache needs a discrete space; {type(space).__name__} is continuous")
+        self.space = space
+        self.path = os.fspath(path) if path is not None else None
+        self._codes: dict[str, torch.Tensor] = {}
+        self._fingerprint: str | None = None
+        if self.path is not None and os.path.exists(self.path):
+            self.load()
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._codes
+
+    def codes_for(self, images: Sequence[Image.Image], keys: Sequence[str]) -> torch.Tensor:
+        """Codes [n, N] (long, CPU) of `images`, encoding those whose key is not cached yet."""
+        if len(images) != len(keys):
+            raise ValueError(f"CodeCache.codes_for: {len(images)} images but {len(keys)} keys")
+        missing: dict[str, Image.Image] = {}
+        for key, image in zip(keys, images):
+            if key not in self._codes:
+                missing.setdefault(key, image)
+        if missing:
+            self._store(list(missing), self._encode(list(missing.values())))
+        if not keys:
+            return torch.empty(0, self.space.num_tokens, dtype=torch.long)
+        return torch.stack([self._codes[k] for k in keys]).long()
+
+    def precompute(self, items: Iterable[tuple[str, Image.Image]], batch_size: int = 64) -> int:
+        """Encode every (key, image) not cached yet, `batch_size` at a time; return how many were new."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        pending: dict[str, Image.Image] = {}
+        added = 0
+        for key, image in items:
+            if key in self._codes or key in pending:
+                continue
+            pending[key] = image
+            if len(pending) == batch_size:
+                self._store(list(pending), self._encode(list(pending.values())))
+                added += len(pending)
+                pending = {}
+        if pending:
+            self._store(list(pending), self._encode(list(pending.values())))
+            added += len(pending)
+        return added
+
+    def _encode(self, images: list[Image.Image]) -> torch.Tensor:
+        param = next(self.space.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        pixels = torch.stack([self.space.preprocess(im) for im in images]).to(device)
+        with torch.no_grad():
+            _, codes = self.space.encode(pixels)
+        if codes is None:
+            raise ValueError(f"{type(self.space).__name__}.encode returned no codes")
+        expected = (len(images), self.space.num_tokens)
+        if tuple(codes.shape) != expected:
+            raise ValueError(f"{type(self.space).__name__}.encode gave codes {tuple(codes.shape)}, expected {expected}")
+        return codes.to("cpu", torch.int32)
+
+    def _store(self, keys: list[str], codes: torch.Tensor) -> None:
+        for key, row in zip(keys, codes):
+            self._codes[key] = row.clone()
+
+    # --- file ------------------------------------------------------------------------------------------
+
+    def _metadata(self) -> dict[str, str]:
+        if self._fingerprint is None:
+            self._fingerprint = _weights_sha256(self.space)
+        return {
+            "num_tokens": str(self.space.num_tokens),
+            "codebook_size": str(self.space.codebook_size),
+            "image_size": str(self.space.image_size),
+            "weights_sha256": self._fingerprint,
+            "space": type(self.space).__name__,
+        }
+
+    def save(self, path: str | os.PathLike | None = None) -> str:
+        """Write every cached code to `path` (default: the cache's path) atomically; return the path."""
+        target = os.fspath(path) if path is not None else self.path
+        if target is None:
+            raise ValueError("CodeCache.save: no path given and the cache was built without one")
+        keys = list(self._codes)
+        bad = [k for k in keys if "\n" in k]
+        if bad:
+            raise ValueError(f"CodeCache.save: keys must not contain newlines, e.g. {bad[0]!r}")
+        codes = (
+            torch.stack([self._codes[k] for k in keys])
+            if keys
+            else torch.empty(0, self.space.num_tokens, dtype=torch.int32)
+        )
+        key_bytes = torch.frombuffer(bytearray("\n".join(keys).encode("utf-8")), dtype=torch.uint8) if keys else None
+        tensors = {"codes": codes.contiguous()}
+        tensors["keys"] = key_bytes if key_bytes is not None else torch.empty(0, dtype=torch.uint8)
+        directory = os.path.dirname(os.path.abspath(target))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".codes-", suffix=".tmp", dir=directory)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=self._metadata())
+            os.replace(tmp, target)  # readers never see a half-written file
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return target
+
+    def load(self, path: str | os.PathLike | None = None) -> int:
+        """Add the codes stored at `path` (default: the cache's path); return how many; refuse another space's file."""
+        source = os.fspath(path) if path is not None else self.path
+        if source is None:
+            raise ValueError("CodeCache.load: no path given and the cache was built without one")
+        with safe_open(source, framework="pt") as f:
+            stored = f.metadata() or {}
+            expected = self._metadata()
+            for field in _CHECKED:
+                if stored.get(field) != expected[field]:
+                    raise ValueError(
+                        f"{source}: code cache written for another space ({field} {stored.get(field)!r} in the "
+                        f"file, {expected[field]!r} for {type(self.space).__name__}); delete it to re-encode"
+                    )
+            codes = f.get_tensor("codes")
+            raw = f.get_tensor("keys")
+        keys = bytes(raw.numpy()).decode("utf-8").split("\n") if raw.numel() else []
+        if len(keys) != codes.shape[0]:
+            raise ValueError(f"{source}: {len(keys)} keys but {codes.shape[0]} code rows; the file is corrupt")
+        self._store(keys, codes.to(torch.int32))
+        return len(keys)
+
+
+def _weights_sha256(space: ImageSpace) -> str:
+    """Hash of the space's state dict: codes from differently trained encoders must not mix."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(space.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,487 @@
+"""Pulling weights safely: bundled file, cache, local mirror, then the source; sha256 before use.
+
+Where a file is looked for, in order (`fetch`):
+1. a file bundled in the `zoo` package (`WeightsSource.package_file`);
+2. the cache: `$UNIZOO_CACHE`, else `$XDG_CACHE_HOME/unizoo`, else `~/.cache/unizoo`
+   (files under `<cache>/weights/<sha256 or source key>/<filename>`);
+3. a local mirror, `$UNIZOO_MIRROR`: either a directory or an http(s) base URL, where a file is looked
+   up as `<mirror>/<sha256>/<filename>` first, then `<mirror>/<filename>` (a folder written by
+   `unizoo zoo publish` is such a mirror). Files found in a mirror directory are used in place;
+4. the source: a Hugging Face repo (through `hf_hub_download`, into Hugging Face's own cache so files
+   are shared with transformers; `HF_HUB_OFFLINE` is honoured) or an https/file URL (urllib, rich
+   progress bar, into our cache).
+
+Every file is checked against its sha256 before it is returned. Downloads are written to a temporary
+file beside the target and renamed only once the digest matches, so an interrupted transfer never
+leaves a file that could pass as complete. Sources whose digest we do not know (upstream releases) are
+trusted on first use: the digest of the first download is recorded in `<cache>/tofu.json` and every
+later use is checked against it.
+
+Offline mode (`offline=True`, `UNIZOO_OFFLINE=1` or `HF_HUB_OFFLINE=1`): only the bundled file, the
+cache, a mirror directory and Hugging Face's local cache are used; nothing is contacted.
+
+State-dict files: safetensors first; `.pt`/`.pth`/`.bin`/`.ckpt` only through
+`torch.load(weights_only=True)`, so a file carrying arbitrary pickled objects is refused.
+Nothing here ever passes `trust_remote_code`.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_TRUE = {"1", "true", "yes", "on"}
+_CHUNK = 1 << 20
+_TIMEOUT_S = 60.0
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+class ChecksumError(ValueError):
+    """A file's sha256 differs from the expected one (the file has been removed when it was ours)."""
+
+    def __init__(self, path: Path | str, expected: str, actual: str, why: str = "") -> None:
+        self.path, self.expected, self.actual = Path(path), expected, actual
+        super().__init__(f"sha256 mismatch for {path}: expected {expected}, got {actual}{why}")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No copy of the requested weights could be found (missing upstream, or offline with no cache)."""
+
+
+class DownloadError(OSError):
+    """A transfer failed or ended early."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A pickle-based checkpoint holds objects beyond tensors and plain containers."""
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where one weights file lives: exactly one of `hf_repo`, `url`, `package_file`; its digest."""
+
+    hf_repo: str | None = None
+    hf_filename: str | None = None
+    revision: str | None = None
+    url: str | None = None
+    package_file: str | None = None  # relative to the `zoo` package, e.g. "assets/weights/x.safetensors"
+    sha256: str | None = None
+    filename: str | None = None  # local file name; defaults to the source's basename
+    size: int | None = None  # bytes, for the zoo table only
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("hf_repo", "url", "package_file") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"WeightsSource needs exactly one of hf_repo, url, package_file; got {given or 'none'}")
+        if self.hf_repo and not self.hf_filename:
+            raise ValueError(f"WeightsSource for hf repo {self.hf_repo!r} needs hf_filename")
+        if self.url:
+            scheme = urllib.parse.urlsplit(self.url).scheme
+            if scheme not in ("https", "http", "file"):
+                raise ValueError(f"WeightsSource url {self.url!r}: scheme must be https, http or file")
+        if self.sha256 is not None:
+            digest = self.sha256.lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(f"WeightsSource sha256 {self.sha256!r} is not 64 hex digits")
+            object.__setattr__(self, "sha256", digest)
+        name = self.local_name
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise ValueError(f"WeightsSource filename {name!r} must be a plain file name")
+
+    @property
+    def local_name(self) -> str:
+        """The file name used in the cache and looked up in mirrors."""
+        if self.filename:
+            return self.filename
+        if self.hf_filename:
+            return self.hf_filename.rsplit("/", 1)[-1]
+        if self.url:
+            return urllib.parse.unquote(urllib.parse.urlsplit(self.url).path.rsplit("/", 1)[-1])
+        return str(self.package_file).rsplit("/", 1)[-1]
+
+    @property
+    def key(self) -> str:
+        """A stable identity of the source (what trust-on-first-use records are keyed by)."""
+        if self.hf_repo:
+            return f"hf://{self.hf_repo}@{self.revision or 'main'}/{self.hf_filename}"
+        if self.url:
+            return self.url
+        return f"package://zoo/{self.package_file}"
+
+    def describe(self) -> str:
+        """A short human-readable location."""
+        if self.hf_repo:
+            return f"hf:{self.hf_repo}/{self.hf_filename}" + (f"@{self.revision}" if self.revision else "")
+        if self.package_file:
+            return f"bundled: zoo/{self.package_file}"
+        return str(self.url)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def cache_dir() -> Path:
+    """The unizoo cache directory (not created)."""
+    if os.environ.get("UNIZOO_CACHE"):
+        return Path(os.environ["UNIZOO_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "unizoo"
+
+
+def offline_reason(offline: bool | None = None) -> str | None:
+    """Why offline mode is on ("the offline flag", "HF_HUB_OFFLINE=1", ...), or None when online."""
+    if offline is not None:
+        return "offline=True" if offline else None
+    for var in ("UNIZOO_OFFLINE", "HF_HUB_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _TRUE:
+            return f"{var}={os.environ[var]}"
+    return None
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- trust on first use
+
+
+def _tofu_path() -> Path:
+    return cache_dir() / "tofu.json"
+
+
+def _tofu_records() -> dict[str, Any]:
+    path = _tofu_path()
+    if not path.exists():
+        return {}
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable trust-on-first-use record ({err}); fix or delete it") from err
+    if not isinstance(records, dict):
+        raise ValueError(f"{path}: expected a JSON object of source -> record")
+    return records
+
+
+def _tofu_record(source: WeightsSource, digest: str, path: Path) -> None:
+    records = _tofu_records()
+    records[source.key] = {"sha256": digest, "filename": source.local_name, "first_seen_from": str(path),
+                           "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _atomic_write_text(_tofu_path(), json.dumps(records, indent=2, sort_keys=True))
+    log.warning("%s has no published sha256: trusting it on first use and recording sha256 %s in %s; "
+                "later copies must match it", source.describe(), digest, _tofu_path())
+
+
+def _expected_digest(source: WeightsSource) -> tuple[str | None, str]:
+    """The digest to check against, and where it came from (for error messages)."""
+    if source.sha256:
+        return source.sha256, ""
+    record = _tofu_records().get(source.key)
+    if record:
+        return record["sha256"], f" (digest recorded on first use in {_tofu_path()})"
+    return None, ""
+
+
+def _verify(path: Path, source: WeightsSource, *, ours: bool) -> Path:
+    """Check `path` against the expected digest (or record it on first use); remove it on mismatch if ours."""
+    expected, why = _expected_digest(source)
+    actual = sha256_file(path)
+    if expected is None:
+        _tofu_record(source, actual, path)
+        return path
+    if actual != expected:
+        if ours:
+            path.unlink(missing_ok=True)
+        raise ChecksumError(path, expected, actual, why)
+    return path
+
+
+# ----------------------------------------------------------------------------- fetch
+
+
+def _cache_target(source: WeightsSource) -> Path:
+    bucket = source.sha256 or "tofu-" + hashlib.sha256(source.key.encode()).hexdigest()[:16]
+    return cache_dir() / "weights" / bucket / source.local_name
+
+
+def fetch(source: WeightsSource, *, offline: bool | None = None, progress: bool = True) -> Path:
+    """A local, sha256-verified copy of `source` (bundled file -> cache -> mirror -> source)."""
+    reason = offline_reason(offline)
+    if source.package_file:
+        bundled = _package_path(source)
+        if bundled is not None:
+            return _verify(bundled, source, ours=False)
+    target = _cache_target(source)
+    if target.is_file():
+        try:
+            return _verify(target, source, ours=True)
+        except ChecksumError as err:
+            log.warning("cached copy is corrupt and was removed, fetching again: %s", err)
+    found = _from_mirror(source, target, reason, progress)
+    if found is not None:
+        return found
+    if reason is not None:
+        if source.hf_repo:  # Hugging Face's own cache counts as a cache
+            local = _from_hf(source, local_only=True)
+            if local is not None:
+                return local
+        raise WeightsNotFoundError(
+            f"{source.local_name} ({source.describe()}) is not in cache and offline mode is on ({reason}); "
+            f"looked in {target.parent}; run `unizoo zoo pull` online, or set UNIZOO_MIRROR to a folder holding it")
+    if source.hf_repo:
+        return _from_hf(source)
+    if source.url:
+        _download(source.url, target, progress=progress)
+        return _verify(target, source, ours=True)
+    raise WeightsNotFoundError(f"bundled weights zoo/{source.package_file} are missing from the installed "
+                               f"package, and no cached or mirrored copy of {source.local_name} was found")
+
+
+def _package_path(source: WeightsSource) -> Path | None:
+    resource = resources.files("zoo").joinpath(*str(source.package_file).split("/"))
+    if not resource.is_file():
+        return None
+    if isinstance(resource, Path):
+        return resource
+    # Installed from a zip: copy out once into the cache, then it is an ordinary cached file.
+    target = _cache_target(source)
+    with resource.open("rb") as src:
+        _atomic_copy(src, target)
+    return target
+
+
+def _from_mirror(source: WeightsSource, target: Path, reason: str | None, progress: bool) -> Path | None:
+    mirror = os.environ.get("UNIZOO_MIRROR", "").strip()
+    if not mirror:
+        return None
+    expected = _expected_digest(source)[0]
+    relatives = ([f"{expected}/{source.local_name}"] if expected else []) + [source.local_name]
+    scheme = urllib.parse.urlsplit(mirror).scheme
+    if scheme in ("http", "https"):
+        if reason is not None:
+            return None  # a mirror URL is still the network
+        for rel in relatives:
+            url = mirror.rstrip("/") + "/" + urllib.parse.quote(rel)
+            try:
+                _download(url, target, progress=progress)
+            except WeightsNotFoundError:
+                continue
+            return _verify(target, source, ours=True)
+        return None
+    root = Path(urllib.parse.urlsplit(mirror).path if scheme == "file" else mirror).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"UNIZOO_MIRROR={mirror!r} is neither an http(s) URL nor an existing directory")
+    for rel in relatives:
+        candidate = root / rel
+        if candidate.is_file():
+            # Mirror files are not ours to delete: a mismatch is reported and the file left alone.
+            return _verify(candidate, source, ours=False)
+    return None
+
+
+def _from_hf(source: WeightsSource, *, local_only: bool = False) -> Path | None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    try:
+        path = Path(hf_hub_download(repo_id=source.hf_repo, filename=source.hf_filename,
+                                    revision=source.revision, local_files_only=local_only))
+    except LocalEntryNotFoundError:
+        if local_only:
+            return None
+        raise WeightsNotFoundError(f"{source.describe()} is not in Hugging Face's cache and huggingface_hub "
+                                   f"is offline (HF_HUB_OFFLINE)") from None
+    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise WeightsNotFoundError(f"{source.describe()} not found on the Hugging Face Hub: {err}") from err
+    expected, why = _expected_digest(source)
+    actual = sha256_file(path)
+    if expected is None:
+        _tofu_record(source, actual, path)
+    elif actual != expected:
+        # Remove the blob too so the bad copy cannot be picked up again from HF's cache.
+        blob = path.resolve()
+        path.unlink(missing_ok=True)
+        blob.unlink(missing_ok=True)
+        raise ChecksumError(path, expected, actual, why)
+    return path
+
+
+def _download(url: str, target: Path, *, progress: bool) -> None:
+    """Download `url` to `target` through a temp file beside it; renamed only if complete."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
+        log.warning("downloading %s over plain http: integrity rests on the sha256 check alone", url)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        response = urllib.request.urlopen(url, timeout=_TIMEOUT_S)  # noqa: S310 (scheme checked above)
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            raise WeightsNotFoundError(f"{url}: not found (HTTP 404)") from err
+        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from err
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        if scheme == "file" and isinstance(reason, FileNotFoundError):
+            raise WeightsNotFoundError(f"{url}: no such file") from err
+        raise DownloadError(f"{url}: cannot connect ({reason})") from err
+    with response:
+        announced = response.headers.get("Content-Length")
+        total = int(announced) if announced and announced.isdigit() else None
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                received = _copy_with_progress(response, out, total, target.name, progress, url)
+            if total is not None and received != total:
+                raise DownloadError(f"{url}: transfer ended early: received {received} of {total} bytes "
+                                    f"announced by Content-Length")
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def _copy_with_progress(src: BinaryIO, out: BinaryIO, total: int | None, label: str, progress: bool,
+                        url: str) -> int:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    received = 0
+    with Progress(*columns, transient=True, disable=not progress) as bar:
+        task = bar.add_task(label, total=total)
+        while True:
+            try:
+                chunk = src.read(_CHUNK)
+            except (OSError, http.client.HTTPException) as err:  # connection reset, IncompleteRead
+                raise DownloadError(f"{url}: transfer failed after {received} bytes ({err})") from err
+            if not chunk:
+                return received
+            out.write(chunk)
+            received += len(chunk)
+            bar.update(task, advance=len(chunk))
+
+
+def _atomic_copy(src: BinaryIO, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(src, out, _CHUNK)
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- state-dict files
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file, or from a .pt/.pth/.bin/.ckpt file loaded with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors raises its own SafetensorError for bad headers/sizes
+            raise ValueError(f"{path}: not a valid safetensors file (truncated or corrupt?): {err}") from err
+    if suffix not in PICKLE_SUFFIXES:
+        raise ValueError(f"{path}: unknown weights format {suffix!r}; expected .safetensors or one of "
+                         f"{', '.join(PICKLE_SUFFIXES)}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        import pickle
+
+        if isinstance(err, pickle.UnpicklingError):
+            raise UnsafeCheckpointError(
+                f"{path}: refused: the file holds pickled objects other than tensors and plain containers, "
+                f"and unizoo only loads .pt files with torch.load(weights_only=True). Convert it to "
+                f"safetensors from a trusted environment. ({str(err).splitlines()[0]})") from err
+        raise ValueError(f"{path}: cannot read checkpoint (truncated or corrupt?): {err}") from err
+    return _tensor_dict(obj, path)
+
+
+def _tensor_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for wrapper in ("state_dict", "model"):
+            if isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{path}: entries that are not tensors: {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+    return obj
+
+
+def save_state_dict_file(state: dict[str, torch.Tensor], path: str | Path,
+                         metadata: dict[str, str] | None = None) -> str:
+    """Write `state` as safetensors atomically (temp file + rename); return the file's sha256."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: state dicts are saved as .safetensors")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{path}: cannot save non-tensor entries {bad[:5]}")
+    if metadata and any(not isinstance(k, str) or not isinstance(v, str) for k, v in metadata.items()):
+        raise ValueError(f"{path}: safetensors metadata must map str -> str")
+    plain: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, tensor in state.items():
+        tensor = tensor.detach().cpu()
+        storage = tensor.untyped_storage().data_ptr()
+        # safetensors refuses tensors sharing memory (tied weights): give repeats their own copy.
+        plain[key] = tensor.clone().contiguous() if storage in seen and tensor.numel() else tensor.contiguous()
+        seen.add(storage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(plain, tmp_name, metadata=metadata)
+        digest = sha256_file(tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return digest

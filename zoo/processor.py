@@ -1,0 +1,217 @@
+"""UnifiedProcessor: Samples -> model batches (chat template, image-token expansion, labels, pixels or codes)."""
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
+from transformers import PreTrainedTokenizerBase
+
+from zoo.code_cache import CodeCache
+from zoo.sample import IMAGE_MARKER, Sample
+from zoo.spaces.base import ImageSpace
+from zoo.tokenizer import tokenize_conversation
+
+if TYPE_CHECKING:
+    from zoo.backbone import LanguageBackbone
+
+IGNORE_INDEX = -100
+
+
+class UnifiedProcessor:
+    """The collate function of training (`__call__`) and the prompt builder of inference (`prompt`).
+
+    Each ``<image>`` a user turn reads becomes ``input_space.num_tokens`` image-token positions; each
+    ``<image>`` an assistant turn writes becomes ``<boi>`` + ``output_space.num_tokens`` x
+    ``<image_out>`` + ``<eoi>``. Labels are the assistant tokens of the chat template's mask (incl. EOS,
+    ``<boi>`` and ``<eoi>``) and -100 elsewhere, image positions included. Images go out as pixels
+    (``space.preprocess``) or, for the side whose space is ``code_cache.space``, as cached codes.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        token_ids: dict[str, int],
+        input_space: ImageSpace | None = None,
+        output_space: ImageSpace | None = None,
+        max_length: int = 2048,
+        code_cache: CodeCache | None = None,
+    ) -> None:
+        missing = {"image", "boi", "image_out", "eoi", "pad"} - set(token_ids)
+        if missing:
+            raise ValueError(f"UnifiedProcessor: token_ids lacks {sorted(missing)}")
+        if code_cache is not None and code_cache.space is not input_space and code_cache.space is not output_space:
+            raise ValueError("UnifiedProcessor: code_cache.space is neither the input nor the output space")
+        if max_length < 1:
+            raise ValueError(f"UnifiedProcessor: max_length must be >= 1, got {max_length}")
+        self.tokenizer = tokenizer
+        self.token_ids = dict(token_ids)
+        self.input_space = input_space
+        self.output_space = output_space
+        self.max_length = max_length
+        self.code_cache = code_cache
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: LanguageBackbone,
+        input_space: ImageSpace | None = None,
+        output_space: ImageSpace | None = None,
+        max_length: int | None = None,
+        code_cache: CodeCache | None = None,
+    ) -> UnifiedProcessor:
+        """A processor with the backbone's tokenizer and token ids; `max_length` defaults to its context."""
+        length = max_length or backbone.max_positions or 2048
+        return cls(backbone.tokenizer, backbone.token_ids, input_space, output_space, length, code_cache)
+
+    # --- public -----------------------------------------------------------------------------------------
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        """Collate training samples: right-padded input_ids / attention_mask / labels [B, T] plus images."""
+        rows = [self._encode(s, s.turns, False, _describe(s, i)) for i, s in enumerate(samples)]
+        batch = self._pad([r[0] for r in rows], [r[1] for r in rows], left=False)
+        batch.update(self._images(rows))
+        batch["tasks"] = [s.task for s in samples]
+        batch["attrs"] = [s.attrs for s in samples]
+        return batch
+
+    def prompt(self, samples: list[Sample], upto_turn: int = 0) -> dict[str, Any]:
+        """Inference inputs: each conversation before its assistant turn `upto_turn` (0 = first answer),
+        with the generation prompt, left-padded; `references` holds that assistant turn's text."""
+        rows, references = [], []
+        for i, s in enumerate(samples):
+            where = _describe(s, i)
+            answer = 2 * upto_turn + 1
+            if upto_turn < 0 or answer >= len(s.turns):
+                raise ValueError(f"{where}: no assistant turn {upto_turn} ({len(s.turns)} turns)")
+            rows.append(self._encode(s, s.turns[:answer], True, where))
+            references.append(s.turns[answer]["content"])
+        batch = self._pad([r[0] for r in rows], [r[1] for r in rows], left=True)
+        del batch["labels"]
+        batch.update(self._images(rows))
+        batch["references"] = references
+        batch["tasks"] = [s.task for s in samples]
+        batch["attrs"] = [s.attrs for s in samples]
+        return batch
+
+    def decode_text(self, ids: torch.Tensor | list[int]) -> str:
+        """Token ids -> text without special tokens (image tokens, pad, eos)."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        ids = [i for i in ids if i >= 0]  # tolerate label tensors with -100
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    # --- one sample --------------------------------------------------------------------------------------
+
+    def _encode(
+        self, sample: Sample, turns: list[dict[str, str]], add_generation_prompt: bool, where: str
+    ) -> tuple[torch.Tensor, torch.Tensor, list[Image.Image], list[str], list[Image.Image], list[str]]:
+        """(input_ids [T], labels [T], read images, their keys, written images, their keys) of one sample."""
+        sample.validate(where)
+        read_imgs, read_keys, written_imgs, written_keys = self._split_images(sample, turns, where)
+        if read_imgs and self.input_space is None:
+            raise ValueError(f"{where}: reads {len(read_imgs)} image(s) but the processor has no input space")
+        if written_imgs and self.output_space is None:
+            raise ValueError(f"{where}: writes {len(written_imgs)} image(s) but the processor has no output space")
+
+        ids_list, mask_list = tokenize_conversation(self.tokenizer, turns, add_generation_prompt)
+        ids = torch.tensor(ids_list, dtype=torch.long)
+        mask = torch.tensor(mask_list, dtype=torch.bool)
+        t = self.token_ids
+        is_image = ids == t["image"]
+        read, written = is_image & ~mask, is_image & mask
+        if int(read.sum()) != len(read_imgs) or int(written.sum()) != len(written_imgs):
+            raise ValueError(
+                f"{where}: the template gave {int(read.sum())} read / {int(written.sum())} written {IMAGE_MARKER} "
+                f"tokens for {len(read_imgs)} / {len(written_imgs)} markers (is {IMAGE_MARKER} a single token?)"
+            )
+
+        n_in = self.input_space.num_tokens if self.input_space is not None else 0
+        n_out = self.output_space.num_tokens if self.output_space is not None else 0
+        repeats = torch.ones_like(ids)
+        repeats[read] = n_in
+        repeats[written] = n_out + 2
+        labels = torch.where(mask, ids, IGNORE_INDEX).repeat_interleave(repeats)
+        ids = ids.repeat_interleave(repeats)
+        if written.any():
+            starts = (torch.cumsum(repeats, 0) - repeats)[written]
+            block = starts[:, None] + torch.arange(n_out + 2)
+            ids[block[:, 1:-1]] = t["image_out"]
+            labels[block[:, 1:-1]] = IGNORE_INDEX
+            ids[block[:, 0]] = labels[block[:, 0]] = t["boi"]
+            ids[block[:, -1]] = labels[block[:, -1]] = t["eoi"]
+        if ids.numel() > self.max_length:
+            raise ValueError(f"{where}: {ids.numel()} tokens after image expansion > max_length {self.max_length}")
+        return ids, labels, read_imgs, read_keys, written_imgs, written_keys
+
+    @staticmethod
+    def _split_images(
+        sample: Sample, turns: list[dict[str, str]], where: str
+    ) -> tuple[list[Image.Image], list[str], list[Image.Image], list[str]]:
+        """The images of `turns` split into read (user) and written (assistant), in marker order."""
+        if sample.image_keys and len(sample.image_keys) != len(sample.images):
+            raise ValueError(f"{where}: {len(sample.image_keys)} image_keys for {len(sample.images)} images")
+        read_imgs, read_keys, written_imgs, written_keys = [], [], [], []
+        k = 0
+        for turn in turns:
+            for _ in range(turn["content"].count(IMAGE_MARKER)):
+                image = sample.images[k]
+                key = sample.image_keys[k] if sample.image_keys else _content_key(image)
+                if turn["role"] == "user":
+                    read_imgs.append(image)
+                    read_keys.append(key)
+                else:
+                    written_imgs.append(image)
+                    written_keys.append(key)
+                k += 1
+        return read_imgs, read_keys, written_imgs, written_keys
+
+    # --- batch --------------------------------------------------------------------------------------------
+
+    def _pad(self, ids: list[torch.Tensor], labels: list[torch.Tensor], left: bool) -> dict[str, Any]:
+        length = max(x.numel() for x in ids)
+        out_ids = torch.full((len(ids), length), self.token_ids["pad"], dtype=torch.long)
+        out_labels = torch.full((len(ids), length), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(ids), length), dtype=torch.long)
+        for row, (x, y) in enumerate(zip(ids, labels)):
+            span = slice(length - x.numel(), length) if left else slice(0, x.numel())
+            out_ids[row, span], out_labels[row, span], attention[row, span] = x, y, 1
+        return {"input_ids": out_ids, "attention_mask": attention, "labels": out_labels}
+
+    def _images(self, rows: list[tuple]) -> dict[str, torch.Tensor | None]:
+        und_imgs = [im for r in rows for im in r[2]]
+        und_keys = [k for r in rows for k in r[3]]
+        gen_imgs = [im for r in rows for im in r[4]]
+        gen_keys = [k for r in rows for k in r[5]]
+        und_pixels, und_codes = self._side(self.input_space, und_imgs, und_keys)
+        gen_pixels, gen_codes = self._side(self.output_space, gen_imgs, gen_keys)
+        return {"und_pixels": und_pixels, "und_codes": und_codes, "gen_pixels": gen_pixels, "gen_codes": gen_codes}
+
+    def _side(
+        self, space: ImageSpace | None, images: list[Image.Image], keys: list[str]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(pixels, None) or (None, codes) for one side's images; (None, None) when there are none."""
+        if not images or space is None:
+            return None, None
+        if self.code_cache is not None and self.code_cache.space is space:
+            return None, self.code_cache.codes_for(images, keys)
+        return torch.stack([space.preprocess(im) for im in images]), None
+
+
+def _describe(sample: Sample, index: int) -> str:
+    """A name for a sample in error messages: batch index, task, and any id-like attrs or image key."""
+    parts = [f"task {sample.task!r}"]
+    for key in ("id", "record", "key", "index", "source"):
+        if key in sample.attrs:
+            parts.append(f"{key} {sample.attrs[key]!r}")
+    if sample.image_keys:
+        parts.append(f"image {sample.image_keys[0]!r}")
+    return f"sample {index} ({', '.join(parts)})"
+
+
+def _content_key(image: Image.Image) -> str:
+    """A stable key from the pixels, for samples that carry no image_keys."""
+    digest = hashlib.sha1(f"{image.mode}:{image.size}:".encode())
+    digest.update(image.tobytes())
+    return "sha1:" + digest.hexdigest()
