@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 from zoo.sample import Sample
 
@@ -34,7 +35,7 @@ class SampleSource(ABC):
     def validate(self) -> None:
         """Check the whole source once, raising one error that lists every problem found."""
 
-    def extra_items(self, split: str, kind: str, count: int) -> list[Sample] | None:
+    def extra_items(self, split: str, kind: str, count: int) -> Sequence[Sample] | None:
         """Up to `count` extra samples of `kind` ('understanding'|'generation') on images disjoint from
         the split's own, for data-scaling studies; None if the source cannot make more."""
         return None
