@@ -241,16 +241,17 @@ class UnifiedVLM(Configurable, L.LightningModule):
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
         """Load, accepting only the frozen reloadable keys as missing; anything else is an error."""
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        if strict:
-            missing = set(result.missing_keys) - self.frozen_state_keys()
-            if missing or result.unexpected_keys:
-                raise RuntimeError(
-                    f"checkpoint does not fit {type(self).__name__}: {len(missing)} missing keys "
-                    f"(e.g. {sorted(missing)[:3]}), {len(result.unexpected_keys)} unexpected keys "
-                    f"(e.g. {sorted(result.unexpected_keys)[:3]}); was it written by another architecture?"
-                )
-        return result
+        own = self.state_dict()
+        mismatched = sorted(k for k, v in state_dict.items() if k in own and own[k].shape != v.shape)
+        missing = set(own) - set(state_dict) - self.frozen_state_keys()
+        unexpected = sorted(set(state_dict) - set(own))
+        if mismatched or (strict and (missing or unexpected)):
+            raise RuntimeError(
+                f"checkpoint does not fit {type(self).__name__}: {len(mismatched)} shape mismatches "
+                f"(e.g. {mismatched[:3]}), {len(missing)} missing keys (e.g. {sorted(missing)[:3]}), "
+                f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}); was it written by another architecture?"
+            )
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
 
 
 def trainable_parameter_count(module: nn.Module) -> tuple[int, int]:

@@ -1,0 +1,145 @@
+"""UnifiedVLM and its variants on smoke-scale configs: build, learn, train only what should, generate, round-trip."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from datamodules.smartwatch.source import SmartWatchSource
+from zoo.config import build
+from zoo.generate import GenerationConfig, decode_images, generate
+from zoo.presets import PRESETS, preset
+from zoo.sample import Sample
+from zoo.unified import UnifiedVLM, trainable_parameter_count
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[Sample]:
+    source = SmartWatchSource(train=4, val=2, test=2, seed=0, size=64)
+    return [source.sample("train", i) for i in range(6)]  # 2 images x (generation, vqa, caption)
+
+
+def _model(name: str, **overrides) -> UnifiedVLM:
+    torch.manual_seed(0)
+    return build(preset(name, "smoke", **overrides))
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_variant_learns_on_repeated_batch(name, samples):
+    model = _model(name, lr=3e-3, projector_lr=3e-3)
+    batch = model.processor(samples)
+    assert batch["input_ids"].shape[0] == len(samples)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(8):
+        out = model(batch)
+        loss = out["text_loss"].mean() + model.alpha * out["image_loss"].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.9, losses
+
+
+@pytest.mark.parametrize("name", ["siglip-siglip", "vq-siglip", "siglip-vq"])
+def test_gradients_reach_only_trainable_parts(name, samples):
+    model = _model(name)
+    out = model(model.processor(samples))
+    (out["text_loss"].mean() + out["image_loss"].mean()).backward()
+    for pname, param in model.named_parameters():
+        if pname.startswith(("input_space.", "output_space.")):
+            assert param.grad is None, f"frozen space parameter {pname} got a gradient"
+    parts = ["und_projector", "head", "backbone"]
+    if model.gen_projector is not model.und_projector:  # a shared projector is listed once, as und_projector
+        parts.append("gen_projector")
+    for part in parts:
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(part + ".") and p.requires_grad]
+        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), f"{part} got no gradient"
+
+
+def test_shared_projector_is_one_module():
+    model = _model("siglip-siglip")
+    assert model.gen_projector is model.und_projector
+    separate = _model("siglip-siglip", share_projector=False)
+    assert separate.gen_projector is not separate.und_projector
+
+
+@pytest.mark.parametrize("name", ["siglip-siglip", "vq-vq"])
+def test_cached_and_recompute_generation_agree(name, samples):
+    model = _model(name).eval()
+    # An untrained model never opens an image: bias <boi> so the image path runs in both modes.
+    boi = model.backbone.token_ids["boi"]
+    prompt = model.processor.prompt([s for s in samples if s.task == "generation"])
+    logits_bias = torch.zeros(model.backbone.vocab_size)
+    logits_bias[boi] = 1e4
+    original = model.backbone.lm_logits
+
+    def biased(hidden):
+        return original(hidden) + logits_bias.to(hidden.dtype)
+
+    model.backbone.lm_logits = biased  # type: ignore[method-assign]
+    cfg = dict(max_new_tokens=4, max_images=1)
+    cached = generate(model, prompt, GenerationConfig(**cfg, use_cache=True))
+    recompute = generate(model, prompt, GenerationConfig(**cfg, use_cache=False))
+    n = model.output_space.num_tokens
+    assert all(len(imgs) == 1 and imgs[0].shape[0] == n for imgs in cached.images)
+    assert cached.token_ids == recompute.token_ids
+    for a, b in zip(cached.images, recompute.images):
+        assert torch.allclose(a[0].float(), b[0].float(), atol=1e-4)
+    if model.output_space.can_decode:
+        pixels = decode_images(model, [imgs[0] for imgs in cached.images])
+        assert pixels.shape[0] == len(cached.images) and pixels.shape[-1] == model.output_space.image_size
+
+
+def test_checkpoint_round_trip(tmp_path, samples):
+    import lightning as L
+
+    model = _model("vq-siglip").eval()
+    batch = model.processor(samples)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(model)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    restored = type(model).load_from_checkpoint(path, weights_only=False).eval()
+    with torch.no_grad():
+        a, b = model(batch), restored(batch)
+    for key in ("text_loss", "image_loss"):
+        assert torch.allclose(a[key], b[key], atol=1e-6)
+
+
+def test_checkpoint_of_other_architecture_is_refused(tmp_path):
+    import lightning as L
+
+    model = _model("siglip-siglip")
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(model)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    other = _model("vq-vq")
+    state = torch.load(path, weights_only=False)["state_dict"]
+    with pytest.raises(RuntimeError, match="another architecture"):
+        other.load_state_dict(state)
+
+
+def test_trainable_counts_full_lora_frozen():
+    counts = {}
+    for mode in ("full", "lora", "frozen"):
+        spec = preset("siglip-siglip", "smoke")
+        spec["init_args"]["backbone"]["init_args"].update(train_mode=mode, lora_r=4, lora_alpha=8)
+        counts[mode] = trainable_parameter_count(build(spec))[0]
+    assert counts["full"] > counts["lora"] > counts["frozen"] > 0
+
+
+def test_subclass_is_a_few_lines(samples):
+    class SquaredErrorVLM(UnifiedVLM):
+        """A new architecture: a different generation objective, nothing else."""
+
+        def image_loss(self, prediction, target):
+            return (prediction - target).pow(2).sum(-1)
+
+    spec = preset("siglip-siglip", "smoke")["init_args"]
+    model = SquaredErrorVLM(
+        backbone=spec["backbone"], input_space=spec["space"], output_space=spec["space"], image_loss="mse"
+    )
+    out = model(model.processor(samples))
+    assert out["image_loss"].shape[0] == 2 * model.output_space.num_tokens
+    assert torch.isfinite(out["image_loss"]).all()
