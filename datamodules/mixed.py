@@ -277,9 +277,11 @@ class MixedTaskDataModule(LightningDataModule):
         for split in needed.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
             self.dataset(split)
 
-    def _collate(self) -> Callable[[list[Sample]], Any]:
+    def _collate(self, split: str = "train") -> Callable[[list[Sample]], Any]:
         if self.collate_fn is not None:
             return self.collate_fn
+        if split == "test":
+            return keep_samples  # test/predict decode from prompts: the model needs the Samples themselves
         module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
         processor = getattr(module, "processor", None)
         return processor if callable(processor) else keep_samples
@@ -287,7 +289,7 @@ class MixedTaskDataModule(LightningDataModule):
     def _loader(self, split: str, loader: type[DataLoader] = DataLoader, **kwargs: Any) -> DataLoader:
         return loader(
             self.dataset(split),
-            collate_fn=self._collate(),
+            collate_fn=self._collate(split),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             **kwargs,
@@ -321,6 +323,15 @@ class MixedTaskDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader | list:
         """The test split."""
         return self.test_dataloader()
+
+    def score_records(self, records: list[dict[str, Any]], images: list[Any] | None = None) -> dict[str, Any]:
+        """Domain scores of evaluation records, from every source that knows how to score its data."""
+        scores: dict[str, Any] = {}
+        for source in self.sources:
+            scorer = getattr(source, "score_records", None)
+            if callable(scorer):
+                scores.update(scorer(records, images))
+        return scores
 
     def state_dict(self) -> dict[str, Any]:
         """The train sampler's position, so a checkpoint taken mid-epoch resumes without repeats or gaps."""

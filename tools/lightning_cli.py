@@ -86,15 +86,25 @@ def run_lightning_cli(argv: list[str]) -> LightningCLI:
     from datamodules.mixed import MixedTaskDataModule
     from zoo.unified import UnifiedVLM
 
-    with tempfile.TemporaryDirectory(prefix="unizoo-recipe-") as tmpdir:
-        return LightningCLI(
-            UnifiedVLM,
-            MixedTaskDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=SafeSaveConfig,
-            save_config_kwargs={"overwrite": False},
-            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": True},
-            trainer_defaults={"default_root_dir": "runs"},
-            args=_expand_configs(argv, tmpdir),
-        )
+    import sys
+
+    saved_argv, sys.argv = sys.argv, sys.argv[:1]  # args come from `argv`; LightningCLI warns if both are set
+    try:
+        with tempfile.TemporaryDirectory(prefix="unizoo-recipe-") as tmpdir:
+            return _cli(argv, tmpdir, UnifiedVLM, MixedTaskDataModule)
+    finally:
+        sys.argv = saved_argv
+
+
+def _cli(argv: list[str], tmpdir: str, model_class: type, data_class: type) -> LightningCLI:
+    return LightningCLI(
+        model_class,
+        data_class,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=SafeSaveConfig,
+        save_config_kwargs={"overwrite": False},
+        parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": True},
+        trainer_defaults={"default_root_dir": "runs"},
+        args=_expand_configs(argv, tmpdir),
+    )

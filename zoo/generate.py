@@ -70,8 +70,13 @@ def _prompt_embeddings(model: UnifiedVLM, batch: dict[str, Any]) -> torch.Tensor
 
 
 @torch.no_grad()
-def generate(model: UnifiedVLM, batch: dict[str, Any], config: GenerationConfig | None = None) -> GenerationOutput:
-    """Continue left-padded prompts (`UnifiedProcessor.prompt`) until EOS or the token budget."""
+def generate(
+    model: UnifiedVLM, batch: dict[str, Any], config: GenerationConfig | None = None, start_in_image: bool = False
+) -> GenerationOutput:
+    """Continue left-padded prompts (`UnifiedProcessor.prompt`) until EOS or the token budget.
+
+    `start_in_image`: the prompts end with `<boi>`; write one image first (evaluation of image fidelity).
+    """
     cfg = config or GenerationConfig()
     tok = model.backbone.token_ids
     backbone = model.backbone
@@ -87,12 +92,12 @@ def generate(model: UnifiedVLM, batch: dict[str, Any], config: GenerationConfig 
     last = hidden[:, -1]
     next_pos = positions[:, -1] + 1
 
-    image_step = torch.full((batch_size,), -1, dtype=torch.long, device=device)  # -1: text mode
-    images_done = torch.zeros(batch_size, dtype=torch.long, device=device)
+    image_step = torch.full((batch_size,), 0 if start_in_image else -1, dtype=torch.long, device=device)  # -1: text
+    images_done = torch.full((batch_size,), int(start_in_image), dtype=torch.long, device=device)
     text_count = torch.zeros(batch_size, dtype=torch.long, device=device)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
     out_ids: list[list[int]] = [[] for _ in range(batch_size)]
-    image_tokens: list[list[list[torch.Tensor]]] = [[] for _ in range(batch_size)]
+    image_tokens: list[list[list[torch.Tensor]]] = [[[]] if start_in_image else [] for _ in range(batch_size)]
     max_steps = cfg.max_new_tokens + cfg.max_images * (n_image + 2)
 
     for _ in range(max_steps):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -48,7 +50,12 @@ class UnifiedVLM(Configurable, L.LightningModule):
         eval_temperature: float = 0.0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(self.spec()["init_args"])
+        spec = self.spec()
+        # Lightning's own convention (as LightningCLI writes it): `load_from_checkpoint` and
+        # `unizoo test --ckpt_path` rebuild the exact subclass from these, with no recipe at hand.
+        self.save_hyperparameters(
+            {"_class_path": spec["class_path"], "_instantiator": "lightning.pytorch.cli.instantiate_module", **spec["init_args"]}
+        )
         self.backbone = build(backbone)
         self.input_space = build(input_space)
         self.output_space = build(output_space)
@@ -182,6 +189,50 @@ class UnifiedVLM(Configurable, L.LightningModule):
         """Teacher-forced validation losses, per part and task."""
         return self._step(batch, "val")
 
+    # ----------------------------------------------------------------------------- evaluation (`unizoo test`)
+    def generation_config(self) -> "GenerationConfig":
+        """Decoding settings of evaluation (greedy, at most `eval_max_new_tokens` new text tokens)."""
+        from zoo.generate import GenerationConfig
+
+        return GenerationConfig(max_new_tokens=self.hparams.eval_max_new_tokens,
+                                temperature=self.hparams.eval_temperature, seed=0)
+
+    def on_test_epoch_start(self) -> None:  # noqa: D102
+        self._eval_records: list[dict[str, Any]] = []
+        self._eval_truths: list[Any] = []
+
+    def test_step(self, batch: list, batch_idx: int) -> None:
+        """Answer, caption and draw for a list of Samples; records accumulate for the epoch's metrics."""
+        from zoo.evaluation import evaluate_samples
+
+        self._eval_records += evaluate_samples(self, batch, self.generation_config())
+        self._eval_truths += [s.images[-1] for s in batch if s.task == "generation" and s.images]
+
+    def on_test_epoch_end(self) -> None:
+        """Score (the DataModule's domain scorer + model-agnostic metrics), log, and write the eval folder."""
+        from zoo.evaluation import comparison_grid_tensor, decode_generated, generation_metrics, write_outputs
+
+        records, metrics = self._eval_records, {}
+        scorer = getattr(getattr(self.trainer, "datamodule", None), "score_records", None)
+        images = decode_generated(self, records) if self.output_space is not None else []
+        if callable(scorer):
+            metrics.update(scorer(records, images))
+        gen = generation_metrics(self, records)
+        if gen:
+            metrics["generation"] = gen
+        metrics["protocol"] = {**asdict(self.generation_config()), "samples": len(records),
+                               "generation": "teacher-forced text up to <boi>, then one image"}
+        for key, value in _flatten({k: v for k, v in metrics.items() if k != "protocol"}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.log(f"test/{key}", float(value), batch_size=1)
+        out_dir = os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "eval")
+        self.eval_outputs = write_outputs(out_dir, records, metrics, images, self._eval_truths)
+        self.eval_metrics = metrics
+        grid = comparison_grid_tensor(images, self._eval_truths)
+        experiment = getattr(self.logger, "experiment", None)
+        if grid is not None and hasattr(experiment, "add_image"):
+            experiment.add_image("test/generated_vs_truth", grid, self.global_step)
+
     # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with two groups (LM/LoRA at `lr`, projectors/heads at `projector_lr`), cosine with warm-up."""
@@ -258,3 +309,13 @@ def trainable_parameter_count(module: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(module.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

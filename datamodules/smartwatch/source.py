@@ -149,3 +149,9 @@ class SmartWatchSource(SampleSource):
                     problems.append(str(err))
         if problems:
             raise ValueError("SmartWatchSource: " + "; ".join(problems))
+
+    def score_records(self, records: list[dict[str, Any]], images: list[Any] | None = None) -> dict[str, Any]:
+        """The smart-watch scores of evaluation records (see `datamodules.smartwatch.evaluate`)."""
+        from datamodules.smartwatch.evaluate import score_records
+
+        return score_records(records, images)

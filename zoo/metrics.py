@@ -1,0 +1,47 @@
+"""Model-agnostic generation metrics: feature cosine, code accuracy, retrieval, FID with a pluggable extractor."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def feature_cosine(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image mean token cosine [M] between generated and ground-truth features [M, N, D]."""
+    return F.cosine_similarity(generated.float(), target.float(), dim=-1).mean(-1)
+
+
+def code_accuracy(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image fraction [M] of generated codes equal to the ground truth's [M, N]."""
+    return (generated == target).float().mean(-1)
+
+
+def retrieval_top1(generated: torch.Tensor, target: torch.Tensor) -> float:
+    """Share of generated images [M, N, D] whose nearest ground truth (cosine, flattened) is their own."""
+    if generated.shape[0] < 2:
+        return float("nan")
+    g = F.normalize(generated.flatten(1).float(), dim=-1)
+    t = F.normalize(target.flatten(1).float(), dim=-1)
+    nearest = (g @ t.T).argmax(-1)
+    return (nearest == torch.arange(len(g), device=g.device)).float().mean().item()
+
+
+def retrieval_chance(n: int) -> float:
+    """Top-1 retrieval of a uniform guess among `n` candidates."""
+    return 1.0 / n if n else float("nan")
+
+
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor, extractor: nn.Module) -> float:
+    """FID between two image sets (uint8 or float [M, 3, H, W]) in the feature space of `extractor`.
+
+    torchmetrics computes it; the extractor is pluggable (the attribute reader offline, Inception-v3
+    when its weights are on disk). Fewer than 2 images per side gives NaN.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if len(real) < 2 or len(fake) < 2:
+        return float("nan")
+    metric = FrechetInceptionDistance(feature=extractor, normalize=real.dtype != torch.uint8)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    return float(metric.compute())
