@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# Bad input the user can fix: reported in one line (UNIZOO_DEBUG=1 shows the traceback). Anything else is
+# a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 # One table (as litgpt does): command -> "module:function" or {subcommand: "module:function"}.
 # Functions are imported lazily so `unizoo score` does not pay for torch + lightning start-up.
@@ -17,6 +22,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "info": "tools.zoo_cmd:info",
         "pull": "tools.zoo_cmd:pull",
         "publish": "tools.zoo_cmd:publish",
+        "readme-table": "tools.zoo_cmd:readme_table",
     },
     "report": "tools.report:report",
     "bench": "tools.bench:bench",
@@ -40,8 +46,28 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `unizoo` console script."""
+def main(argv: list[str] | None = None, *, raise_errors: bool | None = None) -> None:
+    """Entry point of the `unizoo` console script.
+
+    Bad input (ValueError, OSError, FloatingPointError) exits with one line on stderr and status 2 for a
+    recipe/argument error, 1 otherwise, unless `raise_errors` (default: when `argv` is given, as in-process
+    callers do) or the environment variable UNIZOO_DEBUG=1 asks for the exception itself.
+    """
+    if raise_errors is None:
+        raise_errors = argv is not None
+    if raise_errors or os.environ.get("UNIZOO_DEBUG", "").strip() not in ("", "0"):
+        _main(argv)
+        return
+    try:
+        _main(argv)
+    except USER_ERRORS as err:
+        command = " ".join((sys.argv[1:] if argv is None else argv)[:1])
+        print(f"unizoo {command}: error: {err}\n(UNIZOO_DEBUG=1 shows the traceback)", file=sys.stderr)
+        cli = sys.modules.get("tools.lightning_cli")  # loaded only by the Lightning commands
+        raise SystemExit(2 if cli is not None and isinstance(err, cli.RecipeError) else 1) from None
+
+
+def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

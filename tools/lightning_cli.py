@@ -2,14 +2,34 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_warn
 
 BASE_KEY = "_base"
+# Model arguments a resumed or evaluated run may change: they shape training or decoding, not the weights.
+RUN_SETTINGS = frozenset({"lr", "projector_lr", "weight_decay", "warmup_ratio", "alpha",
+                          "eval_max_new_tokens", "eval_temperature", "cache_codes"})
+_LAST = re.compile(r"^last(-v\d+)?\.ckpt$")  # Lightning's names for save_last files
+
+
+class RecipeError(ValueError):
+    """A recipe or command line that the CLI cannot parse (unknown key, unknown class_path, wrong type)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the model the recipe builds (another architecture)."""
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -82,29 +102,209 @@ class SafeSaveConfig(SaveConfigCallback):
 
 
 def run_lightning_cli(argv: list[str]) -> LightningCLI:
-    """Run LightningCLI with unizoo's defaults on `argv` (a subcommand and its arguments)."""
+    """Run LightningCLI with unizoo's defaults on `argv` (a subcommand and its arguments).
+
+    Raises RecipeError for a recipe or argument it cannot parse, CheckpointMismatchError for a checkpoint
+    of another architecture, and the data's and model's own ValueErrors, all before any output is written.
+    """
     from datamodules.mixed import MixedTaskDataModule
     from zoo.unified import UnifiedVLM
-
-    import sys
 
     saved_argv, sys.argv = sys.argv, sys.argv[:1]  # args come from `argv`; LightningCLI warns if both are set
     try:
         with tempfile.TemporaryDirectory(prefix="unizoo-recipe-") as tmpdir:
             return _cli(argv, tmpdir, UnifiedVLM, MixedTaskDataModule)
+    except ArgumentError as err:
+        recipes = [v for i, v in enumerate(argv) if i and argv[i - 1] in ("--config", "-c")]
+        recipes += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+        where = f"recipe {', '.join(recipes)}" if recipes else "command line"
+        # jsonargparse echoes the whole offending value ("Given value: {...}"): noise next to the reason.
+        reason = "\n".join(line for line in str(err).splitlines() if not line.strip().startswith("Given value"))
+        raise RecipeError(f"{where}: {reason}") from None
     finally:
         sys.argv = saved_argv
 
 
 def _cli(argv: list[str], tmpdir: str, model_class: type, data_class: type) -> LightningCLI:
-    return LightningCLI(
+    return UnizooCLI(
         model_class,
         data_class,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=SafeSaveConfig,
         save_config_kwargs={"overwrite": False},
-        parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": True},
+        # Errors raise (run_lightning_cli names the recipe); `--help` still prints and exits.
+        parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
         trainer_defaults={"default_root_dir": "runs"},
         args=_expand_configs(argv, tmpdir),
     )
+
+
+class UnizooCLI(LightningCLI):
+    """LightningCLI that checks everything it can before a run writes anything, and cleans up after a
+    run that fails before its first optimisation step (see docs/RELIABILITY.md)."""
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning rebuilds the model from the checkpoint's hyperparameters, silently replacing the
+        # recipe's. With a recipe model we keep it and `_check_checkpoint` refuses a checkpoint that does
+        # not fit; only without one does the checkpoint define the model.
+        sub = self.config.get("subcommand")
+        if sub and self.config[sub].get("model") is not None:
+            return
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and Path(ckpt).is_file():
+            read_checkpoint(ckpt)  # refuse unsafe or unreadable files with a clear error first
+        super()._parse_ckpt_path()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        kwargs = self.config_init[subcommand]
+        if self.datamodule is not None and hasattr(self.datamodule, "setup"):
+            self.datamodule.setup(subcommand)  # data errors before any output (cached for the run)
+        ckpt = kwargs.get("ckpt_path")
+        if ckpt == "last":
+            kwargs["ckpt_path"] = ckpt = find_last_checkpoint(self.trainer, self.model)
+        local = ckpt and "://" not in str(ckpt) and ckpt not in ("best", "hpc")
+        if local and not Path(str(ckpt)).is_file():
+            raise FileNotFoundError(f"--ckpt_path {ckpt}: no such checkpoint file")
+        if local:
+            check_checkpoint(self.model, ckpt)
+        created = _new_output_dirs(self.trainer)
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException as err:
+            if self.trainer.global_step == 0:
+                _remove_if_no_checkpoint(created)
+            if isinstance(err, FloatingPointError):
+                last = [cb.last_model_path or cb.best_model_path for cb in self.trainer.checkpoint_callbacks
+                        if isinstance(cb, ModelCheckpoint)]
+                last = [p for p in last if p and Path(p).is_file()]
+                kept = f" Last good checkpoint: {last[0]}" if last else " No checkpoint had been written."
+                raise FloatingPointError(f"{err}{kept}") from err
+            raise
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A Lightning checkpoint loaded with weights_only=True (memory-mapped); clear errors for bad files."""
+    from zoo.hub import UnsafeCheckpointError
+
+    path = Path(path)
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"{path}: refused: the checkpoint holds pickled objects other than tensors and plain containers; "
+            f"unizoo loads checkpoints only with torch.load(weights_only=True)") from None
+    except Exception as err:  # truncated zip, wrong magic number, ...
+        raise ValueError(f"{path}: cannot read checkpoint (truncated or corrupt?): {err}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' dict)")
+    return ckpt
+
+
+def _differences(saved: Any, built: Any, where: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(built, dict):
+        out = []
+        for key in sorted(set(saved) | set(built), key=str):
+            if where == "" and key in RUN_SETTINGS | {"_instantiator"}:
+                continue
+            out += _differences(saved.get(key), built.get(key), f"{where}.{key}" if where else str(key))
+        return out
+    if isinstance(saved, (list, tuple)) and isinstance(built, (list, tuple)):
+        saved, built = list(saved), list(built)
+    return [] if saved == built else [f"{where}: checkpoint {saved!r}, recipe {built!r}"]
+
+
+def check_checkpoint(model: Any, path: str | os.PathLike) -> None:
+    """Raise CheckpointMismatchError unless checkpoint `path` was written by `model`'s architecture."""
+    ckpt = read_checkpoint(path)
+    saved = ckpt.get("hyper_parameters") or {}
+    built = dict(getattr(model, "hparams", {}) or {})
+    if "_class_path" in saved and "_class_path" in built:
+        diff = _differences(dict(saved), built)
+        if diff:
+            more = f" ... ({len(diff)} in all)" if len(diff) > 5 else ""
+            raise CheckpointMismatchError(
+                f"{path} was written by another architecture than the recipe builds: {'; '.join(diff[:5])}{more}. "
+                "Pass the recipe the checkpoint was trained with (or leave out the model to rebuild it from the checkpoint)")
+    state, own = ckpt["state_dict"], model.state_dict()
+    frozen = model.frozen_state_keys() if hasattr(model, "frozen_state_keys") else set()
+    shapes = sorted(f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+                    if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape))
+    missing, unexpected = sorted(set(own) - set(state) - set(frozen)), sorted(set(state) - set(own))
+    if shapes or missing or unexpected:
+        raise CheckpointMismatchError(
+            f"{path} does not fit {type(model).__name__}: {len(shapes)} shape mismatches {shapes[:3]}, "
+            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}; "
+            "was it written by another architecture?")
+
+
+def _checkpoint_dirs(trainer: Any) -> list[Path]:
+    """Folders where this trainer's ModelCheckpoints write: their dirpath, else every version of the logger."""
+    dirs: list[Path] = []
+    for cb in trainer.checkpoint_callbacks:
+        if not isinstance(cb, ModelCheckpoint):
+            continue
+        if cb.dirpath:
+            dirs.append(Path(cb.dirpath))
+        elif trainer.loggers:
+            # Lightning looks only in the *new* version's folder, which never holds the killed run's files.
+            logger = trainer.loggers[0]
+            root = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name or "")
+            dirs += sorted(root.glob("*/checkpoints"))
+        else:
+            dirs.append(Path(trainer.default_root_dir) / "checkpoints")
+    return list(dict.fromkeys(dirs))
+
+
+def find_last_checkpoint(trainer: Any, model: Any) -> str | None:
+    """The newest readable checkpoint of `model`'s architecture in this run's checkpoint folders, or None.
+
+    Newest by modification time (last.ckpt is written after the step checkpoint it copies); an unreadable
+    file (a copy cut short by a kill) or one of another architecture is skipped with a warning.
+    """
+    dirs = _checkpoint_dirs(trainer)
+    found = [p for d in dirs if d.is_dir() for p in d.iterdir() if p.suffix == ".ckpt" and p.is_file()]
+    # last*.ckpt first among files of the same time: it is the one Lightning itself would pick.
+    found.sort(key=lambda p: (p.stat().st_mtime, bool(_LAST.match(p.name))), reverse=True)
+    skipped = []
+    for path in found:
+        try:
+            check_checkpoint(model, path)
+        except ValueError as err:
+            skipped.append(str(err).split(";")[0])
+            continue
+        if skipped:
+            rank_zero_warn(f'ckpt_path="last": skipped {len(skipped)} newer checkpoint(s): {" | ".join(skipped[:3])}')
+        return str(path)
+    where = ", ".join(str(d) for d in dirs) or "no checkpoint folder"
+    also = f" (skipped {len(skipped)}: {' | '.join(skipped[:3])})" if skipped else ""
+    rank_zero_warn(f'ckpt_path="last": no usable checkpoint of this model in {where}{also}; starting from scratch')
+    return None
+
+
+def _new_output_dirs(trainer: Any) -> list[Path]:
+    """The outermost not-yet-existing folders this run will write to (logger version, checkpoint dirpaths)."""
+    dirs = [Path(trainer.log_dir)] if trainer.loggers and trainer.log_dir else []
+    dirs += [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+    created = []
+    for d in dirs:
+        d = d.absolute()
+        if d.exists():
+            continue
+        while not d.parent.exists():
+            d = d.parent
+        created.append(d)
+    return list(dict.fromkeys(created))
+
+
+def _remove_if_no_checkpoint(dirs: list[Path]) -> None:
+    """Remove folders a failed run created, unless a checkpoint landed in one (then keep everything)."""
+    if any(d.is_dir() and any(d.rglob("*.ckpt")) for d in dirs):
+        return
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)

@@ -206,3 +206,32 @@ def _read_metrics(path: Path) -> dict[str, float]:
 
     walk("", raw)
     return flat
+
+
+README_START, README_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+
+
+def readme_table(readme: str = "README.md", check: bool = False) -> None:
+    """Regenerate the zoo table between the README's zoo-table markers from the registry.
+
+    Args:
+        readme: the README to update in place.
+        check: only check that the README's table is current (exit 1 if not).
+    """
+    from zoo.registry import entries_table_markdown
+
+    path = Path(readme)
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme}: no {README_START} ... {README_END} markers")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    new = f"{head}{README_START}\n{entries_table_markdown()}{README_END}{tail}"
+    if check:
+        if new != text:
+            raise SystemExit(f"{readme}: the zoo table is out of date; run `unizoo zoo readme-table`")
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(new)
+    tmp.replace(path)
+    print(f"updated the zoo table in {readme}")
