@@ -1,0 +1,76 @@
+"""Adapter analysis: a smoke-scale checkpoint probed on fresh watches; t-SNE and the linear probe themselves."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tools.probe import find_checkpoint, linear_probe, pca, probe, tsne
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    import lightning as L
+
+    from zoo.config import build
+    from zoo.presets import preset
+
+    torch.manual_seed(0)
+    model = build(preset("siglip-siglip", "smoke"))
+    run = tmp_path_factory.mktemp("run")
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(model)
+    (run / "checkpoints").mkdir()
+    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
+    return run
+
+
+def test_probe_writes_json_and_figure(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    result = probe("weather", str(run_dir), images=40, out=str(out), epochs=10)
+    saved = json.loads((out / "probe-weather.json").read_text())
+    assert saved["classes"] == ["cloudy", "raining", "sunny"] and saved["chance"] == pytest.approx(1 / 3)
+    for kind in ("first_token", "mean_token"):
+        stats = saved["features"][kind]
+        assert 0.0 <= stats["accuracy"] <= 1.0 and 0.0 <= stats["majority"] <= 1.0
+        assert stats["train"] == 32 and stats["test"] == 8
+    assert (out / "probe-weather.png").stat().st_size > 1000
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["attribute"] == "weather"
+    assert result["checkpoint"].endswith("last.ckpt")
+    with pytest.raises(ValueError, match="not a categorical watch attribute"):
+        probe("face_color", str(run_dir), images=10, out=str(out))
+
+
+def test_report_probe_flag_delegates(monkeypatch, tmp_path):
+    import tools.probe
+    from tools.report import report
+
+    calls = []
+    monkeypatch.setattr(tools.probe, "probe", lambda *args, **kw: calls.append((args, kw)))
+    report(["RUN"], out=str(tmp_path), probe="weather_pos", probe_images=12)
+    assert calls == [(("weather_pos", "RUN"), {"images": 12, "out": str(tmp_path)})]
+    with pytest.raises(ValueError, match="exactly one run"):
+        report(["a", "b"], out=str(tmp_path), probe="weather")
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint for run"):
+        find_checkpoint(tmp_path)
+
+
+def test_linear_probe_reads_separable_features_and_tsne_keeps_clusters():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(120) % 3
+    centres = torch.randn(3, 16, generator=generator) * 6
+    x = centres[labels] + torch.randn(120, 16, generator=generator)
+    result = linear_probe(x, labels, 3, epochs=30)
+    assert result["accuracy"] == 1.0 and result["train"] == 96
+    noise = linear_probe(torch.randn(120, 16, generator=generator), labels, 3, epochs=30)
+    assert noise["accuracy"] < 0.7  # nothing to read: near chance
+    y = tsne(pca(x, 10), perplexity=20, iterations=400)
+    assert y.shape == (120, 2) and torch.isfinite(y).all()
+    # every point's nearest neighbour in the embedding shares its cluster
+    d = torch.cdist(y, y).fill_diagonal_(float("inf"))
+    assert (labels[d.argmin(1)] == labels).float().mean() > 0.95

@@ -1,0 +1,170 @@
+"""`unizoo report` on fake run dirs: grouping, t intervals computed by hand, curves, affine gains, figures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tools.report import Stat, load_run, report, t_quantile
+from zoo.presets import preset
+
+SIGLIP = preset("siglip-siglip", "tiny")
+SIGLIP_VQ = preset("siglip-vq", "tiny")
+
+
+def _misaligned(strength: float) -> dict:
+    vq = preset("vq-vq", "tiny")["init_args"]
+    return {"class_path": "zoo.variants.MisalignedVLM",
+            "init_args": {"backbone": vq["backbone"], "space": vq["space"], "strength": strength, "projector": "linear"}}
+
+
+def _metrics(vqa: float | None = None, cosine: float | None = None) -> dict:
+    out: dict = {"protocol": {"samples": 10, "temperature": 0.0}}
+    if vqa is not None:
+        out["vqa"] = {"time": vqa / 2, "weather": 1.0, "position": 1.0, "battery": 0.9, "total": vqa,
+                      "counts": {"time": 3, "total": 10}, "chance": {"total": 0.43, "weather": 1 / 3}}
+    if cosine is not None:
+        out["generation"] = {"feature_cosine": cosine, "retrieval_top1": 0.5, "retrieval_chance": 0.1, "images": 10}
+    return out
+
+
+def _run(root: Path, name: str, model: dict, mix, seed: int, metrics: dict | None, **config) -> Path:
+    run = root / name / "version_0"
+    run.mkdir(parents=True)
+    cfg = {"seed_everything": seed, "model": model,
+           "data": {"class_path": "datamodules.mixed.MixedTaskDataModule", "init_args": {"mix": mix}}, **config}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    if metrics is not None:
+        (run / "eval").mkdir()
+        (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+# VQA totals and feature cosines per (architecture, mix) for seeds 0 and 1.
+VQA = {("a", "mixed"): (0.80, 0.90), ("a", "understanding"): (0.70, 0.74), ("a", "generation"): (0.30, 0.40),
+       ("b", "mixed"): (0.60, 0.60), ("b", "understanding"): (0.50, 0.56), ("b", "generation"): (0.20, 0.30)}
+COS = {("a", "mixed"): (0.50, 0.60), ("a", "generation"): (0.40, 0.44),
+       ("b", "mixed"): (0.30, 0.30), ("b", "generation"): (0.30, 0.36)}
+
+
+@pytest.fixture()
+def study(tmp_path) -> list[Path]:
+    runs = []
+    for (arch, mix), values in VQA.items():
+        for seed, value in enumerate(values):
+            model = SIGLIP if arch == "a" else SIGLIP_VQ
+            cos = COS.get((arch, mix), (None, None))[seed]
+            # understanding-only models write no images: no generation metrics at all
+            runs.append(_run(tmp_path, f"{arch}-{mix}-{seed}", model, mix, seed, _metrics(value, cos)))
+    # data-scaling checkpoints of run (a, mixed, seed 0): two eval-step folders in both layouts
+    first = tmp_path / "a-mixed-0" / "version_0"
+    (first / "eval-step000200").mkdir()
+    (first / "eval-step000200" / "metrics.json").write_text(json.dumps(_metrics(0.5, 0.2)))
+    (first / "eval-step000400" / "eval").mkdir(parents=True)
+    (first / "eval-step000400" / "eval" / "metrics.json").write_text(json.dumps(_metrics(0.7, 0.4)))
+    # affine series: one seed per strength, two seeds at 0.2
+    for s, (mixed, und) in {0.1: (0.9, 0.7), 0.2: (0.8, 0.7), 0.3: (0.6, 0.6)}.items():
+        runs.append(_run(tmp_path, f"aff-m-{s}", _misaligned(s), "mixed", 0, _metrics(mixed)))
+        runs.append(_run(tmp_path, f"aff-u-{s}", _misaligned(s), "understanding", 0, _metrics(und)))
+    runs.append(_run(tmp_path, "aff-m-0.2-s1", _misaligned(0.2), "mixed", 1, _metrics(0.84)))
+    runs.append(_run(tmp_path, "aff-u-0.2-s1", _misaligned(0.2), "understanding", 1, _metrics(0.70)))
+    runs.append(_run(tmp_path, "partial", SIGLIP, "mixed", 5, None))  # trained, never tested
+    return runs
+
+
+def test_t_quantile_matches_tables():
+    for df, expected in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)]:
+        assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+    assert Stat.of([0.8, 0.9]).cell() == "0.850 ± 0.635 (n=2)"  # 12.7062 * 0.07071 / sqrt(2)
+    assert Stat.of([0.5]).cell() == "0.500 (n=1)"
+
+
+def test_report_tables_and_figures(study, tmp_path):
+    out = tmp_path / "out"
+    report([str(r) for r in study], out=str(out))
+    md = (out / "report.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    lines = md.splitlines()
+    row_a = next(line for line in lines if line.startswith("| SharedSpaceVLM(SiglipVisionModel[h128x4])"))
+    # vqa/total is the first table: mixed, understanding, generation columns, intervals by hand
+    assert "| 0.850 ± 0.635 (n=2) | 0.720 ± 0.254 (n=2) | 0.350 ± 0.635 (n=2) |" in row_a
+    assert "vqa/total (chance 0.430)" in md
+    groups = {(g["architecture"].split("(")[0], g["mix"], g["metric"]): g for g in summary["groups"]}
+    b_und = groups[("SeparateSpacesVLM", "understanding", "vqa/total")]
+    assert b_und["mean"] == pytest.approx(0.53) and b_und["half_width"] == pytest.approx(12.7062 * 0.042426 / 2**0.5, rel=1e-4)
+    b_mixed = groups[("SeparateSpacesVLM", "mixed", "vqa/total")]
+    assert b_mixed["half_width"] == pytest.approx(0.0) and b_mixed["seeds"] == [0, 1]
+    assert ("SharedSpaceVLM", "understanding", "generation/feature_cosine") not in groups
+    assert groups[("SharedSpaceVLM", "generation", "generation/feature_cosine")]["mean"] == pytest.approx(0.42)
+    # the multi-checkpoint run contributes its final eval (0.80) to the table, and a curve
+    curve = summary["curves"][0]
+    assert [p["step"] for p in curve["points"]] == [200, 400]
+    assert [p["vqa/total"] for p in curve["points"]] == [0.5, 0.7]
+    # gains paired by seed: a: (0.10, 0.16); generation: mixed - generation-only cosine (0.10, 0.16)
+    gain_a = next(g for g in summary["gains"] if g["architecture"].startswith("SharedSpaceVLM"))
+    assert gain_a["understanding"]["mean"] == pytest.approx(0.13)
+    assert gain_a["understanding"]["half_width"] == pytest.approx(12.7062 * 0.042426 / 2**0.5, rel=1e-4)
+    assert gain_a["generation"]["mean"] == pytest.approx(0.13)
+    # affine: strength -> mixed - understanding, paired over seeds 0 and 1 at s = 0.2
+    affine = {a["strength"]: a for a in summary["affine"]}
+    assert affine[0.1]["mean"] == pytest.approx(0.2) and affine[0.1]["n"] == 1 and affine[0.1]["half_width"] is None
+    assert affine[0.2]["mean"] == pytest.approx(0.12) and affine[0.2]["n"] == 2
+    assert affine[0.3]["mean"] == pytest.approx(0.0)
+    assert "| 0.1 | 0.200 (n=1) |" in md
+    # figures on disk and in TensorBoard; the partial run is a note, not a crash
+    names = {Path(p).name for p in summary["figures"]}
+    assert {"mix-vqa-total.png", "mix-generation-feature-cosine.png", "curve-vqa-total.png", "affine-gain.png"} <= names
+    for name in names:
+        assert (out / name).stat().st_size > 1000
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert any("partial" in n and "no metrics" in n for n in summary["notes"])
+
+
+def test_cli_takes_one_run_a_glob_or_a_list(study, tmp_path):
+    from tools.cli import main
+
+    main(["report", str(tmp_path / "b-*" / "version_0"), "--out", str(tmp_path / "g")])
+    summary = json.loads((tmp_path / "g" / "summary.json").read_text())
+    assert {g["mix"] for g in summary["groups"]} == {"mixed", "understanding", "generation"}
+    assert all(g["architecture"].startswith("SeparateSpacesVLM") for g in summary["groups"])
+    main(["report", f"[{study[0]}, {study[1]}]", "--out", str(tmp_path / "l")])
+    main(["report", str(study[0]), "--out", str(tmp_path / "one")])
+    assert "(n=1)" in (tmp_path / "one" / "report.md").read_text()
+    with pytest.raises(ValueError, match="matches no run dir"):
+        report(str(tmp_path / "nothing-*"), out=str(tmp_path / "x"))
+
+
+def test_test_dir_takes_labels_from_its_fit_run(tmp_path):
+    fit = _run(tmp_path, "fit", SIGLIP, "understanding", 3, None)
+    (fit / "checkpoints").mkdir()
+    ckpt = fit / "checkpoints" / "epoch=0-step=600.ckpt"
+    # the test was launched with the recipe's default mix: the fit's config must win
+    test = _run(tmp_path, "test", SIGLIP, "mixed", 0, _metrics(0.66), ckpt_path=str(ckpt))
+    run = load_run(test, [])
+    assert run.mix == "understanding" and run.seed == 3 and run.train_id == str(fit.resolve())
+    assert run.evals[0][0] == 600
+
+
+def test_mix_labels_and_bad_dirs(tmp_path):
+    run = _run(tmp_path, "custom", SIGLIP, {"generation": 0.5}, 0, _metrics(0.5), )
+    assert load_run(run, []).mix == "custom(generation=0.5)"
+    extra = _run(tmp_path, "extra", SIGLIP, "mixed", 0, _metrics(0.5))
+    cfg = yaml.safe_load((extra / "config.yaml").read_text())
+    cfg["data"]["init_args"]["extra"] = {"understanding": 33000, "generation": 0}
+    (extra / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert load_run(extra, []).mix == "mixed +extra(understanding=33000)"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="empty.*neither config.yaml nor eval/metrics.json"):
+        report([str(empty)], out=str(tmp_path / "o"))
+    broken = _run(tmp_path, "broken", SIGLIP, "mixed", 0, None)
+    (broken / "eval").mkdir()
+    (broken / "eval" / "metrics.json").write_text("{not json")
+    only_metrics = tmp_path / "bare"
+    (only_metrics / "eval").mkdir(parents=True)
+    (only_metrics / "eval" / "metrics.json").write_text(json.dumps(_metrics(0.4)))
+    report([str(broken), str(only_metrics)], out=str(tmp_path / "o"))
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "metrics.json: unreadable" in md and "unknown (bare)" in md and "0.400 (n=1)" in md
