@@ -75,6 +75,9 @@ class UnifiedVLM(Configurable, L.LightningModule):
             if out.discrete != (self.image_loss_kind == "ce"):
                 raise ValueError(f"image_loss {self.image_loss_kind!r} does not fit a {'discrete' if out.discrete else 'continuous'} output space")
         self.alpha = alpha
+        # Kept as attributes: hparams hold only what the outermost class recorded (variants pass **kwargs).
+        self.optim_settings = {"lr": lr, "projector_lr": projector_lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio}
+        self.eval_settings = {"max_new_tokens": eval_max_new_tokens, "temperature": eval_temperature}
         self.max_length = max_length or self.backbone.max_positions
         self.processor = UnifiedProcessor(
             tokenizer=self.backbone.tokenizer,
@@ -194,8 +197,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
         """Decoding settings of evaluation (greedy, at most `eval_max_new_tokens` new text tokens)."""
         from zoo.generate import GenerationConfig
 
-        return GenerationConfig(max_new_tokens=self.hparams.eval_max_new_tokens,
-                                temperature=self.hparams.eval_temperature, seed=0)
+        return GenerationConfig(**self.eval_settings, seed=0)
 
     def on_test_epoch_start(self) -> None:  # noqa: D102
         self._eval_records: list[dict[str, Any]] = []
@@ -236,14 +238,14 @@ class UnifiedVLM(Configurable, L.LightningModule):
     # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with two groups (LM/LoRA at `lr`, projectors/heads at `projector_lr`), cosine with warm-up."""
-        hp = self.hparams
+        hp = self.optim_settings
         lm = [p for p in self.backbone.parameters() if p.requires_grad]
         lm_ids = {id(p) for p in lm}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in lm_ids]
-        groups = [g for g in ({"params": lm, "lr": hp.lr}, {"params": rest, "lr": hp.projector_lr}) if g["params"]]
-        optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
+        groups = [g for g in ({"params": lm, "lr": hp["lr"]}, {"params": rest, "lr": hp["projector_lr"]}) if g["params"]]
+        optimizer = torch.optim.AdamW(groups, weight_decay=hp["weight_decay"])
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
-        warmup = int(hp.warmup_ratio * total)
+        warmup = int(hp["warmup_ratio"] * total)
 
         def schedule(step: int) -> float:
             if step < warmup:

@@ -1,6 +1,7 @@
 """SmartWatchSource: the synthetic study data drawn on the fly (no files), by split, seed, size and bias."""
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,7 +49,9 @@ class SmartWatchSource(SampleSource):
 
     Item ``i`` of a split is task ``tasks[i % len(tasks)]`` on image ``i // len(tasks)``. Images of the
     three splits never coincide (see `spec`). `bias` applies to understanding samples of `bias_splits`
-    (training only by default, so validation and test still ask about everything).
+    (training only by default, so validation and test still ask about everything). `reader` (a pixel
+    AttributeReader's weights) scores decoded generated images; `feature_reader` (a FeatureReader trained on
+    the model's output space) scores generated continuous features; None skips either.
     """
 
     def __init__(
@@ -62,6 +65,8 @@ class SmartWatchSource(SampleSource):
         bias: Bias | None = None,
         bias_splits: Sequence[str] = ("train",),
         tasks: Sequence[str] = ("generation", "vqa", "caption"),
+        reader: str | None = "zoo/assets/readers/reader-64.safetensors",
+        feature_reader: str | None = None,
     ):
         counts = dict(DEFAULT_IMAGES)
         counts.update(images or {})
@@ -81,6 +86,14 @@ class SmartWatchSource(SampleSource):
             raise ValueError(f"SmartWatchSource: need seed >= 0 and size >= 32, got seed={seed}, size={size}")
         self.counts, self.seed, self.size = counts, seed, size
         self.bias, self.bias_splits, self.task_names = bias, tuple(bias_splits), tuple(tasks)
+        # Readers score generated watches (see `evaluate`); None turns that part of the scoring off.
+        from .reader import resolve_reader_path
+
+        for name, path in (("reader", reader), ("feature_reader", feature_reader)):
+            if path is not None and not os.path.isfile(resolve_reader_path(path)):
+                raise ValueError(f"SmartWatchSource: {name} {path!r} does not exist "
+                                 "(train one: python -m tools.train_reader)")
+        self.reader, self.feature_reader = reader, feature_reader
 
     def _check_split(self, split: str) -> None:
         if split not in self.counts:
@@ -151,7 +164,7 @@ class SmartWatchSource(SampleSource):
             raise ValueError("SmartWatchSource: " + "; ".join(problems))
 
     def score_records(self, records: list[dict[str, Any]], images: list[Any] | None = None) -> dict[str, Any]:
-        """The smart-watch scores of evaluation records (see `datamodules.smartwatch.evaluate`)."""
+        """The smart-watch scores of evaluation records, generation fidelity included (see `.evaluate`)."""
         from datamodules.smartwatch.evaluate import score_records
 
-        return score_records(records, images)
+        return score_records(records, images, reader=self.reader, feature_reader=self.feature_reader)
