@@ -1,0 +1,199 @@
+"""Every recipe under recipes/ parses with `unizoo fit` and builds; the tiny ones train one step.
+
+Paper-scale and LLaVA recipes get their language model and spaces swapped for smoke-size ones on the
+command line (as a user swaps components), so nothing is downloaded; everything else is the recipe's.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tools.lightning_cli import load_recipe, run_lightning_cli
+from zoo.config import build
+from zoo.presets import backbone, clip, siglip, vq
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+COMPONENTS = RECIPES / "components"
+OVERLAYS = {RECIPES / "smartwatch" / "paper" / n for n in ("fsdp.yaml", "deepspeed-zero2.yaml")}
+TINY = sorted((RECIPES / "smartwatch" / "tiny").glob("[!_]*.yaml"))
+ALL = sorted(p for p in RECIPES.rglob("[!_]*.yaml") if COMPONENTS not in p.parents and p not in OVERLAYS)
+SCALED = [p for p in ALL if p not in TINY]  # paper-scale, LLaVA and any other recipe: parse + build at smoke size
+SMALL_DATA = json.dumps([{"class_path": "datamodules.smartwatch.source.SmartWatchSource",
+                          "init_args": {"train": 4, "val": 2, "test": 2, "size": 64, "seed": 0}}])
+SLOTS = ("space", "input_space", "output_space")
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def _resolved(args: list[str], capsys, monkeypatch) -> dict:
+    """The config `unizoo fit ARGS --print_config` prints, as a dict."""
+    monkeypatch.chdir(ROOT)  # recipes name shipped assets relative to the repository root
+    with pytest.raises(SystemExit) as done:
+        run_lightning_cli(["fit", *args, "--print_config"])
+    assert done.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def _smoke_space(spec: dict) -> dict:
+    """A smoke-size space of the same family as `spec`, nulling the keys that would load weights."""
+    args = spec.get("init_args") or {}
+    if spec["class_path"].endswith("VQTokenizer"):
+        return {"class_path": spec["class_path"], "init_args": {**vq("smoke")["init_args"], "checkpoint": None}}
+    family = clip if "CLIP" in str(args.get("model_class")) else siglip
+    small = family("smoke")
+    return {"class_path": small["class_path"], "init_args": {**small["init_args"], "pretrained": None}}
+
+
+def _smoke_overrides(recipe: dict) -> list[str]:
+    """Command-line overrides that shrink a recipe's language model and spaces (its train mode kept)."""
+    model = recipe["model"]["init_args"]
+    lm = model["backbone"]["init_args"]
+    small = backbone("smoke")["init_args"]
+    lm_args = {**small, "model": None, "dtype": None, "lora_r": 4, "lora_alpha": 8,
+               "train_mode": lm.get("train_mode", "full")}
+    out = ["--model.init_args.backbone", json.dumps({"class_path": "zoo.backbone.LanguageBackbone", "init_args": lm_args})]
+    for slot in SLOTS:
+        if slot in model:
+            out += [f"--model.init_args.{slot}", json.dumps(_smoke_space(model[slot]))]
+    return out
+
+
+def _first_line_comment(path: Path) -> str:
+    return path.read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES.rglob("*.yaml")], ids=_rel)
+def test_every_file_says_what_it_serves(path):
+    assert _first_line_comment(path).startswith("# "), f"{_rel(path)} must open with a comment on its experiment"
+
+
+@pytest.mark.parametrize("path", SCALED, ids=_rel)
+def test_large_recipe_parses_and_builds_at_smoke_size(path, capsys, monkeypatch):
+    recipe = load_recipe(path)
+    config = _resolved(["--config", str(path), *_smoke_overrides(recipe)], capsys, monkeypatch)
+    model = build(config["model"])
+    wanted = recipe["model"]
+    assert f"{type(model).__module__}.{type(model).__name__}" == wanted["class_path"]
+    for key in ("alpha", "lr", "projector_lr"):
+        assert getattr(model, "hparams")[key] == pytest.approx(wanted["init_args"][key]), key
+    assert model.backbone.train_mode == wanted["init_args"]["backbone"]["init_args"].get("train_mode", "full")
+    if "strength" in wanted["init_args"]:
+        assert model.input_space.strength == pytest.approx(wanted["init_args"]["strength"])
+    trainer, data = config["trainer"], config["data"]["init_args"]
+    global_batch = data["batch_size"] * trainer["devices"] * trainer["num_nodes"] * trainer["accumulate_grad_batches"]
+    expected = {"paper": 384, "llava15": 256 if "stage1" in path.name else 128}.get(path.parent.name)
+    if expected is not None:
+        assert global_batch == expected
+
+
+def test_paper_recipes_keep_the_paper_settings():
+    for path in (RECIPES / "smartwatch" / "paper").glob("[!_]*.yaml"):
+        if path in OVERLAYS:
+            continue
+        model = load_recipe(path)["model"]["init_args"]
+        assert (model["lr"], model["projector_lr"], model["warmup_ratio"], model["weight_decay"]) == (2e-4, 1e-4, 0.03, 0.0)
+        lm = model["backbone"]["init_args"]
+        assert (lm["model"], lm["train_mode"], lm["lora_r"], lm["lora_alpha"]) == ("lmsys/vicuna-7b-v1.5", "lora", 128, 256)
+        read, written = model.get("input_space", model.get("space")), model.get("output_space", model.get("space"))
+        is_vq = {k: s["class_path"].endswith("VQTokenizer") for k, s in (("read", read), ("written", written))}
+        assert model["alpha"] == (0.2 if is_vq["written"] else 1.0), path.name  # CE on codes, cosine on SigLIP
+        kinds = [model[k] for k in ("projector", "und_projector", "gen_projector") if k in model]
+        assert kinds[0] == ("linear" if is_vq["read"] else "mlp"), path.name
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS), ids=_rel)
+def test_strategy_overlays_stack_after_a_recipe(overlay, capsys, monkeypatch):
+    recipe_path = RECIPES / "smartwatch" / "paper" / "siglip-vq.yaml"
+    config = _resolved(["--config", str(recipe_path), "--config", str(overlay)], capsys, monkeypatch)
+    strategy = config["trainer"]["strategy"]
+    own = yaml.safe_load(overlay.read_text())["trainer"]["strategy"]
+    if isinstance(own, str):
+        assert strategy == own
+    else:
+        assert strategy["class_path"] == own["class_path"]
+        assert strategy["init_args"]["auto_wrap_policy"] == own["init_args"]["auto_wrap_policy"]
+    assert config["model"]["init_args"]["input_space"]["init_args"]["pretrained"] == "google/siglip-base-patch16-224"
+
+
+def test_components_fill_their_slots(capsys, monkeypatch):
+    """Pretrained components parse in place (not built: that would download); tiny ones also build."""
+    def comp(name: str) -> str:
+        return str(COMPONENTS / name)
+
+    recipe = str(RECIPES / "smartwatch" / "tiny" / "siglip-vq.yaml")
+    config = _resolved(["--config", recipe, "--model.init_args.backbone", comp("lm-qwen2.5-0.5b.yaml"),
+                        "--model.init_args.input_space", comp("space-siglip-b16.yaml"),
+                        "--model.init_args.output_space", comp("space-llamagen-vq16.yaml")], capsys, monkeypatch)
+    model = config["model"]["init_args"]
+    assert model["backbone"]["init_args"]["model"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert model["backbone"]["init_args"]["config"] is None
+    assert model["input_space"]["init_args"]["pretrained"] == "google/siglip-base-patch16-224"
+    assert model["input_space"]["init_args"]["config"] is None
+    assert model["output_space"]["init_args"]["variant"] == "VQ-16"
+
+    config = _resolved(["--config", recipe, "--model.init_args.backbone", comp("lm-vicuna-7b-lora.yaml"),
+                        "--model.init_args.input_space", comp("space-timm-vit.yaml"),
+                        "--model.init_args.output_space", comp("space-clip-l14-336.yaml")], capsys, monkeypatch)
+    model = config["model"]["init_args"]
+    assert model["backbone"]["init_args"]["lora_r"] == 128
+    assert model["input_space"]["class_path"] == "zoo.spaces.timm.TimmSpace"
+    assert model["output_space"]["init_args"]["model_class"] == "transformers.CLIPVisionModel"
+
+    shared = str(RECIPES / "smartwatch" / "tiny" / "siglip-siglip.yaml")
+    for space in ("space-tiny-vq.yaml", "space-tiny-siglip.yaml"):
+        config = _resolved(["--config", shared, "--model.init_args.backbone", comp("lm-tiny-llama.yaml"),
+                            "--model.init_args.space", comp(space), "--model.init_args.share_projector", "true"],
+                           capsys, monkeypatch)
+        built = build(config["model"])
+        assert built.input_space.image_size == 64 and built.input_space is built.output_space
+
+
+@pytest.mark.parametrize("path", TINY, ids=_rel)
+def test_tiny_recipe_trains_one_step(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cli = run_lightning_cli(["fit", "--config", str(path), "--trainer.fast_dev_run", "true",
+                             "--data.init_args.sources", SMALL_DATA, "--data.init_args.batch_size", "6",
+                             "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    assert cli.trainer.state.finished
+    assert float(cli.trainer.callback_metrics["train/loss"]) > 0
+    recipe = load_recipe(path)["model"]
+    assert cli.model.hparams["_class_path"] == recipe["class_path"]
+
+
+@pytest.mark.parametrize("mix", ["understanding", "generation"])  # "mixed": the tests above
+def test_one_key_picks_the_task_mix(mix, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cli = run_lightning_cli(["fit", "--config", str(RECIPES / "smartwatch" / "tiny" / "vq-siglip.yaml"),
+                             "--data.mix", mix, "--trainer.fast_dev_run", "true",
+                             "--data.init_args.sources", SMALL_DATA, "--data.init_args.batch_size", "6",
+                             "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    tasks = set(cli.datamodule.dataset("train").counts())
+    expected = {"understanding": {"vqa", "caption"}, "generation": {"generation"},
+                "mixed": {"vqa", "caption", "generation"}}[mix]
+    assert tasks == expected
+    logged = set(cli.trainer.callback_metrics)
+    assert ("train/image_loss" in logged) == (mix != "understanding")
+
+
+def test_paper_run_keeps_ten_evenly_spaced_checkpoints(tmp_path, capsys, monkeypatch):
+    """The paper _base's checkpointing, run on CPU at smoke size: 10 checkpoints per epoch plus the final one."""
+    path = RECIPES / "smartwatch" / "paper" / "vq-vq.yaml"
+    data = json.dumps([{"class_path": "datamodules.smartwatch.source.SmartWatchSource",
+                        "init_args": {"train": 10, "val": 1, "test": 1, "size": 32, "seed": 0}}])
+    monkeypatch.chdir(ROOT)
+    run_lightning_cli(["fit", "--config", str(path), *_smoke_overrides(load_recipe(path)),
+                       "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+                       "--trainer.precision", "32-true", "--trainer.accumulate_grad_batches", "1",
+                       "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+                       "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.init_args.sources", data,
+                       "--data.init_args.batch_size", "1", "--data.init_args.num_workers", "0"])
+    found = sorted(p.name for p in tmp_path.rglob("*.ckpt"))
+    steps = sorted(int(n.split("step=")[1].split(".")[0]) for n in found if n.startswith("epoch="))
+    assert steps == [3 * k for k in range(1, 11)], found  # 30 samples, validation every 3 batches
+    assert "last.ckpt" in found and any(n.startswith("final-") for n in found)
