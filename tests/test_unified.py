@@ -143,3 +143,21 @@ def test_subclass_is_a_few_lines(samples):
     out = model(model.processor(samples))
     assert out["image_loss"].shape[0] == 2 * model.output_space.num_tokens
     assert torch.isfinite(out["image_loss"]).all()
+
+
+def test_init_from_copies_matching_weights(tmp_path):
+    import lightning as L
+
+    first = _model("siglip-siglip")
+    with torch.no_grad():
+        first.und_projector[0].weight.add_(1.0)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(first)
+    path = tmp_path / "stage1.ckpt"
+    trainer.save_checkpoint(path)
+    second = _model("siglip-siglip", init_from=str(path))
+    assert torch.equal(second.und_projector[0].weight, first.und_projector[0].weight)
+    saved = torch.load(path, weights_only=True)
+    assert saved["hyper_parameters"].get("init_from") is None
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        _model("siglip-siglip", init_from=str(tmp_path / "missing.ckpt"))

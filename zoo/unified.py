@@ -48,6 +48,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
         cache_codes: bool = False,
         eval_max_new_tokens: int = 128,
         eval_temperature: float = 0.0,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         spec = self.spec()
@@ -79,6 +80,8 @@ class UnifiedVLM(Configurable, L.LightningModule):
         self.optim_settings = {"lr": lr, "projector_lr": projector_lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio}
         self.eval_settings = {"max_new_tokens": eval_max_new_tokens, "temperature": eval_temperature}
         self.max_length = max_length or self.backbone.max_positions
+        if init_from:
+            self.load_matching_weights(init_from)
         self.processor = UnifiedProcessor(
             tokenizer=self.backbone.tokenizer,
             token_ids=self.backbone.token_ids,
@@ -286,8 +289,32 @@ class UnifiedVLM(Configurable, L.LightningModule):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k for k in self.state_dict() if k.startswith(prefixes) and k not in trainable}
 
+    def load_matching_weights(self, path: str) -> dict[str, int]:
+        """Start from another run's weights where names and shapes match (LLaVA stage 2 from stage 1).
+
+        Unlike `--ckpt_path` (resume: optimiser, step, data position), this copies weights only. peft's
+        trainable-token rows of a frozen/LoRA stage do not map onto a fully trained embedding: the four
+        image-token rows restart from their initialisation; the projectors and head carry over.
+        """
+        import logging
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"init_from: checkpoint {path!r} not found")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        own = self.state_dict()
+        matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not matched:
+            raise RuntimeError(f"init_from {path}: no weight matches this model's names and shapes")
+        super().load_state_dict(matched, strict=False)
+        counts = {"loaded": len(matched), "skipped": len(state) - len(matched)}
+        logging.getLogger(__name__).info("init_from %s: %s", path, counts)
+        return counts
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep trainable weights and the config; drop frozen weights that reload from their source."""
+        if checkpoint.get("hyper_parameters", {}).get("init_from"):
+            checkpoint["hyper_parameters"]["init_from"] = None  # its weights are in this checkpoint now
         frozen = self.frozen_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
         checkpoint["unizoo_spec"] = self.spec()
