@@ -276,6 +276,11 @@ class MixedTaskDataModule(LightningDataModule):
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in needed.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
             self.dataset(split)
+        if stage in ("test", "predict") and not len(self.dataset("test")):
+            # Lightning would run zero batches and report nothing; an evaluation of nothing is an error.
+            served = {type(s).__name__: s.splits() for s in self.sources}
+            raise ValueError(f"MixedTaskDataModule: the test split is empty (sources serve {served}, "
+                             f"max_eval_samples={self.max_eval_samples}); nothing to {stage}")
 
     def _collate(self, split: str = "train") -> Callable[[list[Sample]], Any]:
         if self.collate_fn is not None:

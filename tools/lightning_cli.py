@@ -19,8 +19,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 BASE_KEY = "_base"
 # Model arguments a resumed or evaluated run may change: they shape training or decoding, not the weights.
-RUN_SETTINGS = frozenset({"lr", "projector_lr", "weight_decay", "warmup_ratio", "alpha",
-                          "eval_max_new_tokens", "eval_temperature", "cache_codes"})
+RUN_SETTINGS = frozenset({"lr", "projector_lr", "weight_decay", "warmup_ratio", "alpha", "max_length",
+                          "eval_max_new_tokens", "eval_temperature", "cache_codes", "init_from"})
 _LAST = re.compile(r"^last(-v\d+)?\.ckpt$")  # Lightning's names for save_last files
 
 
@@ -144,9 +144,23 @@ class UnizooCLI(LightningCLI):
     """LightningCLI that checks everything it can before a run writes anything, and cleans up after a
     run that fails before its first optimisation step (see docs/RELIABILITY.md)."""
 
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; a component's own ValueError/OSError surfaces unwrapped."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            # jsonargparse wraps a constructor's error in its "Does not validate against any of the Union
+            # subtypes" report; the constructor's message (e.g. a space's size check) is the useful one.
+            root = err
+            while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+                root = root.__cause__ or root.__context__
+            if root is not err and isinstance(root, (ValueError, OSError)):
+                raise root from None
+            raise
+
     def _parse_ckpt_path(self) -> None:
         # Lightning rebuilds the model from the checkpoint's hyperparameters, silently replacing the
-        # recipe's. With a recipe model we keep it and `_check_checkpoint` refuses a checkpoint that does
+        # recipe's. With a recipe model we keep it and `check_checkpoint` refuses a checkpoint that does
         # not fit; only without one does the checkpoint define the model.
         sub = self.config.get("subcommand")
         if sub and self.config[sub].get("model") is not None:
