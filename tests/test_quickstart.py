@@ -1,4 +1,6 @@
 """The README's main job runs end to end (at a few steps) and prints its table."""
+import json
+
 from tools.quickstart import quickstart
 
 
@@ -8,8 +10,10 @@ def test_quickstart_runs_and_reports(tmp_path, capsys):
         f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--trainer.enable_progress_bar=false",
         "--trainer.limit_val_batches=1",
-        "--data.init_args.sources.0.init_args.train=16",
-        "--data.init_args.sources.0.init_args.test=8",
+        "--data.init_args.sources=" + json.dumps([{
+            "class_path": "datamodules.smartwatch.source.SmartWatchSource",
+            "init_args": {"train": 16, "val": 4, "test": 8, "size": 64, "seed": 0},
+        }]),
         "--data.init_args.max_eval_samples=4",
         "--data.init_args.batch_size=8",
     ])

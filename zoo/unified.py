@@ -21,6 +21,10 @@ from zoo.spaces.base import ImageSpace
 _RELOADABLE_ARGS = ("pretrained", "checkpoint", "model", "checkpoint_path")
 
 
+class CheckpointMismatchError(ValueError, RuntimeError):
+    """A checkpoint whose weights do not fit the model (another architecture or size)."""
+
+
 class UnifiedVLM(Configurable, L.LightningModule):
     """A unified vision-language model (DESIGN.md §3-4).
 
@@ -76,6 +80,9 @@ class UnifiedVLM(Configurable, L.LightningModule):
             if out.discrete != (self.image_loss_kind == "ce"):
                 raise ValueError(f"image_loss {self.image_loss_kind!r} does not fit a {'discrete' if out.discrete else 'continuous'} output space")
         self.alpha = alpha
+        context = self.backbone.max_positions
+        if max_length is not None and context and max_length > context:
+            raise ValueError(f"max_length {max_length} exceeds the language model's context of {context} positions")
         # Kept as attributes: hparams hold only what the outermost class recorded (variants pass **kwargs).
         self.optim_settings = {"lr": lr, "projector_lr": projector_lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio}
         self.eval_settings = {"max_new_tokens": eval_max_new_tokens, "temperature": eval_temperature}
@@ -315,6 +322,9 @@ class UnifiedVLM(Configurable, L.LightningModule):
         """Keep trainable weights and the config; drop frozen weights that reload from their source."""
         if checkpoint.get("hyper_parameters", {}).get("init_from"):
             checkpoint["hyper_parameters"]["init_from"] = None  # its weights are in this checkpoint now
+        for name, param in self.named_parameters():
+            if param.requires_grad and not torch.isfinite(param).all():
+                raise FloatingPointError(f"refusing to checkpoint non-finite weights ({name}); the last good checkpoint is kept")
         frozen = self.frozen_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
         checkpoint["unizoo_spec"] = self.spec()
@@ -326,7 +336,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
         missing = set(own) - set(state_dict) - self.frozen_state_keys()
         unexpected = sorted(set(state_dict) - set(own))
         if mismatched or (strict and (missing or unexpected)):
-            raise RuntimeError(
+            raise CheckpointMismatchError(
                 f"checkpoint does not fit {type(self).__name__}: {len(mismatched)} shape mismatches "
                 f"(e.g. {mismatched[:3]}), {len(missing)} missing keys (e.g. {sorted(missing)[:3]}), "
                 f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}); was it written by another architecture?"
