@@ -96,16 +96,25 @@ def generate(
     images_done = torch.full((batch_size,), int(start_in_image), dtype=torch.long, device=device)
     text_count = torch.zeros(batch_size, dtype=torch.long, device=device)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    out_ids: list[list[int]] = [[] for _ in range(batch_size)]
-    image_tokens: list[list[list[torch.Tensor]]] = [[[]] if start_in_image else [] for _ in range(batch_size)]
     max_steps = cfg.max_new_tokens + cfg.max_images * (n_image + 2)
+    # Per-step records, turned into per-sample lists once at the end (no per-sample Python work per step).
+    step_tokens: list[torch.Tensor] = []  # [B] token of each step
+    step_kept: list[torch.Tensor] = []  # [B] whether the sample was still running (its token is output)
+    image_masks: list[torch.Tensor] = []  # [B] which samples wrote an image token, at steps that wrote any
+    image_values: list[torch.Tensor] = []  # [B, D] or [B] the image tokens of those steps
+    # The mask grows by one column per step: views of one preallocated tensor instead of a copy per step.
+    width = mask.shape[1]
+    full_mask = torch.cat([mask, torch.ones(batch_size, max_steps, dtype=mask.dtype, device=device)], dim=1)
 
-    for _ in range(max_steps):
+    for step in range(max_steps):
         in_image = (image_step >= 0) & (image_step < n_image)
         close_image = image_step == n_image
         in_text = ~in_image & ~close_image
 
-        token = _pick_token(backbone.lm_logits(last), cfg, generator)
+        if cfg.temperature <= 0 and not in_text.any():
+            token = torch.zeros_like(image_step)  # every sample writes an image token or <eoi>: no text head needed
+        else:
+            token = _pick_token(backbone.lm_logits(last), cfg, generator)
         if not (images_done < cfg.max_images).all():  # no budget left for another image: never open one
             token = torch.where((token == tok["boi"]) & (images_done >= cfg.max_images), tok["eos"], token)
         token = torch.where(close_image, torch.full_like(token, tok["eoi"]), token)
@@ -113,14 +122,12 @@ def generate(
         if n_image and in_image.any():
             value, image_embed = model.next_image_token(last, sample=cfg.image_temperature > 0, temperature=cfg.image_temperature)
             step_embed = torch.where(in_image.unsqueeze(-1), image_embed.to(step_embed.dtype), step_embed)
-            for b in in_image.nonzero().flatten().tolist():
-                image_tokens[b][-1].append(value[b])
+            image_masks.append(in_image)
+            image_values.append(value)
             token = torch.where(in_image, torch.full_like(token, tok["image_out"]), token)
 
-        for b in (~finished).nonzero().flatten().tolist():
-            out_ids[b].append(int(token[b]))
-            if bool(in_text[b]) and int(token[b]) == tok["boi"] and n_image:
-                image_tokens[b].append([])
+        step_tokens.append(token)
+        step_kept.append(~finished)
         opened = in_text & (token == tok["boi"]) & (n_image > 0)
         image_step = torch.where(in_image, image_step + 1, image_step)
         image_step = torch.where(close_image, torch.full_like(image_step, -1), image_step)
@@ -131,7 +138,7 @@ def generate(
         if finished.all():
             break
 
-        mask = torch.cat([mask, torch.ones(batch_size, 1, dtype=mask.dtype, device=device)], dim=1)
+        mask = full_mask[:, : width + step + 1]
         if cfg.use_cache:
             hidden, cache = backbone.hidden_states(step_embed.unsqueeze(1), mask, next_pos.unsqueeze(1), cache=cache, use_cache=True)
         else:  # the paper's reference path: the whole sequence again, every step
@@ -140,8 +147,18 @@ def generate(
         last = hidden[:, -1]
         next_pos = next_pos + 1
 
+    tokens, kept = torch.stack(step_tokens).cpu(), torch.stack(step_kept).cpu()
+    out_ids = [tokens[kept[:, b], b].tolist() for b in range(batch_size)]
     texts = [model.processor.decode_text(ids) for ids in out_ids]
-    images = [[torch.stack(tokens) for tokens in per_sample if len(tokens) == n_image] for per_sample in image_tokens]
+    images: list[list[torch.Tensor]] = [[] for _ in range(batch_size)]
+    if image_values:
+        wrote, values = torch.stack(image_masks), torch.stack(image_values)
+        for b in range(batch_size):
+            # A sample's image tokens come in runs of n_image consecutive steps, one run per image;
+            # only a run cut short by the step budget (the last one) is incomplete, and it is dropped.
+            mine = values[wrote[:, b], b]
+            whole = len(mine) // n_image * n_image
+            images[b] = list(mine[:whole].split(n_image)) if whole else []
     return GenerationOutput(texts=texts, token_ids=out_ids, images=images)
 
 
