@@ -406,6 +406,30 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+# ----------------------------------------------------------------------------- weights references
+
+ZOO_PREFIX = "zoo:"
+
+
+def resolve_weights(value: str, *, offline: bool | None = None) -> str:
+    """A local path for a `pretrained`/`checkpoint` value.
+
+    `zoo:NAME` -> the sha256-verified weights file of zoo entry NAME (fetched like any entry's weights);
+    `zoo/assets/...` -> the file shipped inside the installed package; anything else is returned unchanged
+    (a local path or a hub id).
+    """
+    from zoo.config import resolve_asset
+
+    if not value.startswith(ZOO_PREFIX):
+        return resolve_asset(value)
+    from zoo.registry import get_entry  # imported here: the registry itself imports this module
+
+    entry = get_entry(value[len(ZOO_PREFIX):])
+    if entry.weights is None:
+        raise ValueError(f"{value!r}: zoo entry {entry.name!r} lists no weights file to load")
+    return str(fetch(entry.weights, offline=offline))
+
+
 # ----------------------------------------------------------------------------- state-dict files
 
 

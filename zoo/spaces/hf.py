@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from zoo.hub import resolve_weights
 from zoo.spaces._common import FrozenSpace, check_divisible, check_pixels
 
 
@@ -75,7 +77,10 @@ class HFVisionSpace(FrozenSpace):
         if config_cls is None or not hasattr(cls, "from_pretrained"):
             raise ValueError(f"{name}: {model_class} is not a transformers model class with a config_class")
         if pretrained is not None:
-            self.model = cls.from_pretrained(pretrained)
+            source = resolve_weights(pretrained)
+            # `zoo:NAME` resolves to the weights file of a Hugging Face folder: transformers loads the folder.
+            source = os.path.dirname(source) if os.path.isfile(source) else source
+            self.model = cls.from_pretrained(source)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -95,7 +100,7 @@ class HFVisionSpace(FrozenSpace):
         self.num_tokens = grid * grid + (self.prefix_tokens if features == "cls_patch" else 0)
         self.dim = int(cfg.hidden_size)
         if mean is None or std is None:
-            mean, std = self._default_mean_std(pretrained, cfg, name, mean, std)
+            mean, std = self._default_mean_std(source if pretrained is not None else None, cfg, name, mean, std)
         self._setup_pixels(image_size, mean, std)
         self._set_trainable(trainable)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from zoo.hub import resolve_weights
 from zoo.spaces._common import FrozenSpace, check_divisible, check_pixels
 from zoo.spaces.vq_model import VQModel
 
@@ -121,7 +122,7 @@ class VQTokenizer(FrozenSpace):
                              cfg.codebook_dim, cfg.norm_groups, cfg.dropout, cfg.beta, cfg.entropy_weight)
         self.checkpoint = checkpoint
         if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
+            self.load_checkpoint(resolve_weights(checkpoint))
         self.grid = cfg.image_size // cfg.downsample
         self.num_tokens = self.grid * self.grid
         self.dim = cfg.codebook_dim
