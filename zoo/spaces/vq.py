@@ -71,7 +71,10 @@ def load_vq_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors raises its own error types for truncated/corrupt headers
+            raise ValueError(f"VQ checkpoint {path}: not a valid safetensors file (truncated or corrupt?): {err}") from err
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors come in many types; name the file either way
