@@ -110,6 +110,10 @@ def run_lightning_cli(argv: list[str]) -> LightningCLI:
     from datamodules.mixed import MixedTaskDataModule
     from zoo.unified import UnifiedVLM
 
+    import warnings
+
+    # Frozen image spaces stay in eval mode on purpose (zoo/spaces/_common.py): nothing to warn about.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     saved_argv, sys.argv = sys.argv, sys.argv[:1]  # args come from `argv`; LightningCLI warns if both are set
     try:
         with tempfile.TemporaryDirectory(prefix="unizoo-recipe-") as tmpdir:

@@ -1,0 +1,58 @@
+"""Evaluation is deterministic and does not depend on the batch size."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from datamodules.smartwatch.source import SmartWatchSource
+from zoo.config import build
+from zoo.evaluation import evaluate_samples, generation_metrics
+from zoo.generate import GenerationConfig
+from zoo.presets import preset
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    torch.manual_seed(0)
+    model = build(preset("vq-vq", "smoke"))
+    source = SmartWatchSource(train=8, val=2, test=6, seed=0, size=64)
+    batch = model.processor([source.sample("train", i) for i in range(12)])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(10):  # a little training so answers and images are not all identical
+        out = model(batch)
+        loss = out["text_loss"].mean() + out["image_loss"].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), [source.sample("test", i) for i in range(18)]
+
+
+def _run(model, samples, batch_size):
+    cfg = GenerationConfig(max_new_tokens=12, seed=0)
+    records = []
+    for start in range(0, len(samples), batch_size):
+        records += evaluate_samples(model, samples[start:start + batch_size], cfg)
+    return records
+
+
+def _key(record):
+    return (record["task"], record.get("question") or record.get("prompt"), str(record["attrs"].get("index")))
+
+
+def test_same_numbers_at_batch_1_and_16(trained_model):
+    model, samples = trained_model
+    one = sorted(_run(model, samples, 1), key=_key)
+    sixteen = sorted(_run(model, samples, 16), key=_key)
+    assert len(one) == len(sixteen) == len(samples)
+    for a, b in zip(one, sixteen):
+        if a["task"] == "generation":
+            assert torch.equal(a["tokens"], b["tokens"])
+        else:
+            assert a["answer"] == b["answer"]
+    assert generation_metrics(model, one) == pytest.approx(generation_metrics(model, sixteen))
+
+
+def test_evaluation_is_deterministic(trained_model):
+    model, samples = trained_model
+    first, second = _run(model, samples, 6), _run(model, samples, 6)
+    assert [r.get("answer") for r in first] == [r.get("answer") for r in second]
