@@ -28,6 +28,7 @@ class TinyContinuousSpace(ImageSpace):
         super().__init__()
         torch.manual_seed(seed)
         self.conv = nn.Conv2d(3, self.dim, 8, stride=8)
+        self.requires_grad_(False)  # frozen, as real spaces are by default (caches need frozen encoders)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         array = np.asarray(image.convert("RGB").resize((16, 16)), dtype=np.float32) / 255.0
@@ -46,6 +47,7 @@ class TinyDiscreteSpace(TinyContinuousSpace):
         super().__init__(seed)
         self.num_tokens = num_tokens
         self.codebook = nn.Embedding(16, self.dim)
+        self.requires_grad_(False)
         self.calls = 0
 
     def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -161,3 +161,18 @@ def test_init_from_copies_matching_weights(tmp_path):
     assert saved["hyper_parameters"].get("init_from") is None
     with pytest.raises(FileNotFoundError, match="init_from"):
         _model("siglip-siglip", init_from=str(tmp_path / "missing.ckpt"))
+
+
+@pytest.mark.parametrize("name,flag", [("siglip-siglip", "cache_features"), ("vq-vq", "cache_codes")])
+def test_cached_encoder_outputs_give_the_same_losses(name, flag, samples):
+    plain = _model(name).eval()
+    cached = _model(name, **{flag: True}).eval()
+    cached.load_state_dict(plain.state_dict())
+    batch, cached_batch = plain.processor(samples), cached.processor(samples)
+    side = "features" if flag == "cache_features" else "codes"
+    assert cached_batch[f"gen_{side}"] is not None and cached_batch["gen_pixels"] is None
+    with torch.no_grad():
+        a, b = plain(batch), cached(cached_batch)
+    for key in ("text_loss", "image_loss"):
+        assert torch.allclose(a[key], b[key], atol=1e-5)
+    assert len(cached.processor.code_cache) == len({k for s in samples for k in s.image_keys})

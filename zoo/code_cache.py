@@ -1,4 +1,5 @@
-"""CodeCache: pre-encoded code indices of a discrete image space, so its encoder stays out of training."""
+"""CodeCache: pre-encoded tokens of a frozen image space (VQ codes, or continuous features), so its
+encoder runs once per image instead of once per sample and epoch."""
 from __future__ import annotations
 
 import hashlib
@@ -13,11 +14,12 @@ from safetensors.torch import save_file
 
 from zoo.spaces.base import ImageSpace
 
-_CHECKED = ("num_tokens", "codebook_size", "image_size", "weights_sha256")
+_CHECKED = ("kind", "num_tokens", "codebook_size", "image_size", "weights_sha256")
 
 
 class CodeCache:
-    """Per-image code indices [N] of a discrete `space`, keyed by stable image keys.
+    """Per-image tokens of a frozen `space`, keyed by stable image keys: code indices [N] of a discrete
+    space, or features [N, D] of a continuous one (opt-in: features cost memory, N x D floats per image).
 
     Misses are encoded in one batch under ``no_grad`` and kept in memory. `save`/`load` use one
     safetensors file at `path` (loaded at construction when it exists) whose metadata records the
@@ -27,9 +29,10 @@ class CodeCache:
     """
 
     def __init__(self, space: ImageSpace, path: str | os.PathLike | None = None) -> None:
-        if not space.discrete:
-            raise ValueError(f"CodeCache needs a discrete space; {type(space).__name__} is continuous")
+        if any(p.requires_grad for p in space.parameters()):
+            raise ValueError(f"CodeCache needs a frozen space; {type(space).__name__} has trainable weights")
         self.space = space
+        self.discrete = bool(space.discrete)
         self.path = os.fspath(path) if path is not None else None
         self._codes: dict[str, torch.Tensor] = {}
         self._fingerprint: str | None = None
@@ -54,7 +57,8 @@ class CodeCache:
             self._store(list(missing), self._encode(list(missing.values())))
         if not keys:
             return torch.empty(0, self.space.num_tokens, dtype=torch.long)
-        return torch.stack([self._codes[k] for k in keys]).long()
+        stacked = torch.stack([self._codes[k] for k in keys])
+        return stacked.long() if self.discrete else stacked
 
     def precompute(self, items: Iterable[tuple[str, Image.Image]], batch_size: int = 64) -> int:
         """Encode every (key, image) not cached yet, `batch_size` at a time; return how many were new."""
@@ -80,7 +84,9 @@ class CodeCache:
         device = param.device if param is not None else torch.device("cpu")
         pixels = torch.stack([self.space.preprocess(im) for im in images]).to(device)
         with torch.no_grad():
-            _, codes = self.space.encode(pixels)
+            features, codes = self.space.encode(pixels)
+        if not self.discrete:
+            return features.to("cpu", torch.float32)
         if codes is None:
             raise ValueError(f"{type(self.space).__name__}.encode returned no codes")
         expected = (len(images), self.space.num_tokens)
@@ -98,6 +104,7 @@ class CodeCache:
         if self._fingerprint is None:
             self._fingerprint = _weights_sha256(self.space)
         return {
+            "kind": "discrete" if self.discrete else "continuous",
             "num_tokens": str(self.space.num_tokens),
             "codebook_size": str(self.space.codebook_size),
             "image_size": str(self.space.image_size),
@@ -153,7 +160,7 @@ class CodeCache:
         keys = bytes(raw.numpy()).decode("utf-8").split("\n") if raw.numel() else []
         if len(keys) != codes.shape[0]:
             raise ValueError(f"{source}: {len(keys)} keys but {codes.shape[0]} code rows; the file is corrupt")
-        self._store(keys, codes.to(torch.int32))
+        self._store(keys, codes.to(torch.int32) if self.discrete else codes.to(torch.float32))
         return len(keys)
 
 

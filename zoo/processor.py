@@ -184,14 +184,19 @@ class UnifiedProcessor:
         und_keys = [k for r in rows for k in r[3]]
         gen_imgs = [im for r in rows for im in r[4]]
         gen_keys = [k for r in rows for k in r[5]]
-        und_pixels, und_codes = self._side(self.input_space, und_imgs, und_keys)
-        gen_pixels, gen_codes = self._side(self.output_space, gen_imgs, gen_keys)
-        return {"und_pixels": und_pixels, "und_codes": und_codes, "gen_pixels": gen_pixels, "gen_codes": gen_codes}
+        und_pixels, und_cached = self._side(self.input_space, und_imgs, und_keys)
+        gen_pixels, gen_cached = self._side(self.output_space, gen_imgs, gen_keys)
+        out = {"und_pixels": und_pixels, "gen_pixels": gen_pixels}
+        for side, space, cached in (("und", self.input_space, und_cached), ("gen", self.output_space, gen_cached)):
+            discrete = space is not None and space.discrete
+            out[f"{side}_codes"] = cached if discrete else None
+            out[f"{side}_features"] = None if discrete else cached  # a continuous space's cached features
+        return out
 
     def _side(
         self, space: ImageSpace | None, images: list[Image.Image], keys: list[str]
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(pixels, None) or (None, codes) for one side's images; (None, None) when there are none."""
+        """(pixels, None) or (None, cached codes/features) for one side's images; (None, None) when none."""
         if not images or space is None:
             return None, None
         if self.code_cache is not None and self.code_cache.space is space:

@@ -50,6 +50,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
         warmup_ratio: float = 0.03,
         max_length: int | None = None,
         cache_codes: bool = False,
+        cache_features: bool = False,
         eval_max_new_tokens: int = 128,
         eval_temperature: float = 0.0,
         init_from: str | None = None,
@@ -95,7 +96,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
             input_space=self.input_space,
             output_space=self.output_space,
             max_length=self.max_length,
-            code_cache=self._make_code_cache() if cache_codes else None,
+            code_cache=self._make_code_cache(cache_codes, cache_features) if cache_codes or cache_features else None,
         )
 
     # ----------------------------------------------------------------------------- forward pass
@@ -129,7 +130,9 @@ class UnifiedVLM(Configurable, L.LightningModule):
     def encode_read_images(self, batch: dict[str, Any]) -> torch.Tensor:
         """Embeddings [n_images * N_in, H] for every read-image position, in batch order."""
         space = self.input_space
-        if batch.get("und_codes") is not None:
+        if batch.get("und_features") is not None:  # cached by the processor (frozen continuous space)
+            features = batch["und_features"]
+        elif batch.get("und_codes") is not None:
             features = space.embed_codes(batch["und_codes"])
         else:
             features, _ = space.encode(batch["und_pixels"])
@@ -141,6 +144,8 @@ class UnifiedVLM(Configurable, L.LightningModule):
         if batch.get("gen_codes") is not None:
             codes = batch["gen_codes"]
             features = space.embed_codes(codes)
+        elif batch.get("gen_features") is not None:  # cached by the processor (frozen continuous space)
+            features, codes = batch["gen_features"], None
         else:
             features, codes = space.encode(batch["gen_pixels"])
         if space.discrete:
@@ -267,13 +272,15 @@ class UnifiedVLM(Configurable, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------------------- checkpoints
-    def _make_code_cache(self):
+    def _make_code_cache(self, codes: bool, features: bool):
+        """One cache for the first frozen space of the wanted kind (output side first: it is always encoded)."""
         from zoo.code_cache import CodeCache
 
-        discrete = [s for s in (self.output_space, self.input_space) if s is not None and s.discrete]
-        if not discrete:
-            raise ValueError("cache_codes=True needs a discrete (VQ) input or output space")
-        return CodeCache(discrete[0])
+        wanted = [s for s in (self.output_space, self.input_space)
+                  if s is not None and ((codes and s.discrete) or (features and not s.discrete))]
+        if not wanted:
+            raise ValueError("cache_codes=True needs a discrete (VQ) space; cache_features=True a continuous one")
+        return CodeCache(wanted[0])
 
     def reloadable_prefixes(self) -> list[str]:
         """State-dict prefixes of frozen components that rebuild from their own source (hub id, path)."""
