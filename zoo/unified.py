@@ -273,11 +273,15 @@ class UnifiedVLM(Configurable, L.LightningModule):
 
     # ----------------------------------------------------------------------------- checkpoints
     def _make_code_cache(self, codes: bool, features: bool):
-        """One cache for the first frozen space of the wanted kind (output side first: it is always encoded)."""
+        """One cache for the first frozen space of the wanted kind (output side first: it is always encoded).
+
+        `cache_codes` caches VQ codes only; `cache_features` caches any frozen space, as codes where the
+        space is discrete (its compact form), so swapping a recipe's space keeps the flag meaningful.
+        """
         from zoo.code_cache import CodeCache
 
         wanted = [s for s in (self.output_space, self.input_space)
-                  if s is not None and ((codes and s.discrete) or (features and not s.discrete))]
+                  if s is not None and (features or (codes and s.discrete))]
         if not wanted:
             raise ValueError("cache_codes=True needs a discrete (VQ) space; cache_features=True a continuous one")
         return CodeCache(wanted[0])
