@@ -222,7 +222,7 @@ def _load(checkpoint: str | None, pretrained: str | None) -> Any:
         import zoo.variants  # noqa: F401  (the subclasses a checkpoint may name)
         from zoo.unified import UnifiedVLM
 
-        return UnifiedVLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+        return UnifiedVLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     from zoo.registry import create_model
 
     return create_model(pretrained, pretrained=True)

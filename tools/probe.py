@@ -218,7 +218,7 @@ def probe(attribute: str, run: str, images: int = 600, out: str = DEFAULT_OUT, e
     if attribute not in allowed:
         raise ValueError(f"probe: attribute {attribute!r} is not a categorical watch attribute; expected one of {allowed}")
     checkpoint = find_checkpoint(run)
-    model = UnifiedVLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False).eval()
+    model = UnifiedVLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
     if model.input_space is None:
         raise ValueError(f"probe: {checkpoint} has no input space (a generation-only model reads no images)")
     data_seed, size = _watch_source(Path(run), model)
