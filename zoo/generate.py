@@ -60,15 +60,6 @@ def _pick_token(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Ge
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _prompt_embeddings(model: UnifiedVLM, batch: dict[str, Any]) -> torch.Tensor:
-    ids = batch["input_ids"]
-    embeds = model.backbone.embed_tokens(ids)
-    read_pos = ids == model.backbone.token_ids["image"]
-    if read_pos.any():
-        embeds = embeds.masked_scatter(read_pos.unsqueeze(-1), model.encode_read_images(batch).to(embeds.dtype))
-    return embeds
-
-
 @torch.no_grad()
 def generate(
     model: UnifiedVLM, batch: dict[str, Any], config: GenerationConfig | None = None, start_in_image: bool = False
@@ -81,7 +72,7 @@ def generate(
     tok = model.backbone.token_ids
     backbone = model.backbone
     generator = torch.Generator(device=batch["input_ids"].device).manual_seed(cfg.seed) if cfg.seed is not None else None
-    embeds = _prompt_embeddings(model, batch)
+    embeds = model.embed_inputs(batch)
     mask = batch["attention_mask"].clone()
     batch_size, device = embeds.shape[0], embeds.device
     n_image = model.output_space.num_tokens if model.output_space is not None else 0

@@ -102,11 +102,9 @@ class UnifiedVLM(Configurable, L.LightningModule):
     # ----------------------------------------------------------------------------- forward pass
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Teacher-forced pass over a collated batch: per-token text and image losses with their sample ids."""
-        ids, ids_ = batch["input_ids"], self.backbone.token_ids
-        embeds = self.backbone.embed_tokens(ids)
-        read_pos, write_pos = ids == ids_["image"], ids == ids_["image_out"]
-        if read_pos.any():
-            embeds = embeds.masked_scatter(read_pos.unsqueeze(-1), self.encode_read_images(batch).to(embeds.dtype))
+        ids = batch["input_ids"]
+        embeds = self.embed_inputs(batch)
+        write_pos = ids == self.backbone.token_ids["image_out"]
         targets = None
         if write_pos.any():
             teacher, targets = self.encode_written_images(batch)
@@ -126,6 +124,15 @@ class UnifiedVLM(Configurable, L.LightningModule):
             out["image_sample"] = sample_of[image_sel]
         return out
 
+    def embed_inputs(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Token embeddings [B, T, H] with the read images' projected features at their positions."""
+        ids = batch["input_ids"]
+        embeds = self.backbone.embed_tokens(ids)
+        read_pos = ids == self.backbone.token_ids["image"]
+        if read_pos.any():
+            embeds = embeds.masked_scatter(read_pos.unsqueeze(-1), self.encode_read_images(batch).to(embeds.dtype))
+        return embeds
+
     # ----------------------------------------------------------------------------- hooks
     def encode_read_images(self, batch: dict[str, Any]) -> torch.Tensor:
         """Embeddings [n_images * N_in, H] for every read-image position, in batch order."""
@@ -141,9 +148,8 @@ class UnifiedVLM(Configurable, L.LightningModule):
     def encode_written_images(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(teacher-forcing embeddings [M, H], targets [M, D] features or [M] codes) for written images."""
         space = self.output_space
-        if batch.get("gen_codes") is not None:
-            codes = batch["gen_codes"]
-            features = space.embed_codes(codes)
+        if batch.get("gen_codes") is not None:  # cached codes: the discrete branch below embeds them once
+            features, codes = None, batch["gen_codes"]
         elif batch.get("gen_features") is not None:  # cached by the processor (frozen continuous space)
             features, codes = batch["gen_features"], None
         else:
