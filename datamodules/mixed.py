@@ -128,7 +128,8 @@ class MixedTaskDataModule(LightningDataModule):
         generation". Items are chosen from a permutation seeded by `seed`, so smaller picks nest in larger.
     extra: {"understanding": n, "generation": n} samples on images disjoint from all splits, asked from
       the sources in order (`SampleSource.extra_items`); an error if they cannot supply n.
-    max_eval_samples: cap per task on val/test (seeded pick), None for all.
+    max_eval_samples: cap per task on val/test (seeded pick), None for all; an int caps every task, a dict
+      task -> int caps the listed tasks only (e.g. more vqa samples, since VQA scores only the first question).
     Batches: the model's `processor` (found on `trainer.lightning_module`) collates unless `collate_fn` is
     set on this object; with neither, a batch is the list of Samples.
     """
@@ -143,7 +144,7 @@ class MixedTaskDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         shuffle: bool = True,
-        max_eval_samples: int | None = None,
+        max_eval_samples: int | dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         if not sources:
@@ -151,8 +152,14 @@ class MixedTaskDataModule(LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value is not None and value < 1:
                 raise ValueError(f"MixedTaskDataModule: {name} must be >= 1, got {value}")
-        if num_workers < 0 or (max_eval_samples is not None and max_eval_samples < 0):
-            raise ValueError("MixedTaskDataModule: num_workers and max_eval_samples must be >= 0")
+        if num_workers < 0:
+            raise ValueError(f"MixedTaskDataModule: num_workers must be >= 0, got {num_workers}")
+        caps = max_eval_samples if isinstance(max_eval_samples, dict) else {"*": max_eval_samples}
+        for task, cap in caps.items():
+            if task != "*" and task not in TASKS:
+                raise ValueError(f"max_eval_samples: unknown task {task!r}; expected some of {tuple(TASKS)}")
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+                raise ValueError(f"max_eval_samples[{task!r}]: expected a count >= 0 or null, got {cap!r}")
         for kind, count in (extra or {}).items():
             if kind not in EXTRA_TASKS:
                 raise ValueError(f"extra: unknown kind {kind!r}; expected some of {tuple(EXTRA_TASKS)}")
@@ -202,6 +209,12 @@ class MixedTaskDataModule(LightningDataModule):
                 tasks.append(task)
         return np.asarray(refs, dtype=np.int64).reshape(-1, 2), tasks
 
+    def _eval_cap(self, task: str) -> int | None:
+        """The val/test cap of `task` (None: all of its items)."""
+        if isinstance(self.max_eval_samples, dict):
+            return self.max_eval_samples.get(task)
+        return self.max_eval_samples
+
     def _select(self, split: str) -> tuple[np.ndarray, list[str]]:
         """The refs kept for `split` by the mix (train) or the eval cap (val/test)."""
         refs, tasks = self._pool(split)
@@ -218,7 +231,8 @@ class MixedTaskDataModule(LightningDataModule):
                 if k > n:
                     raise ValueError(f"mix[{task!r}] asks for {k} items but the train split has {n} {task} items")
             else:
-                k = n if self.max_eval_samples is None else min(n, self.max_eval_samples)
+                cap = self._eval_cap(task)
+                k = n if cap is None else min(n, cap)
             keep.append(positions[_pick(n, k, self.seed, salt)])
         chosen = np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
         if split == "train" and len(chosen) == 0:

@@ -6,7 +6,9 @@ import torch
 
 from datamodules.smartwatch.source import SmartWatchSource
 from zoo.config import build
-from zoo.evaluation import evaluate_samples, generation_metrics
+from PIL import Image
+
+from zoo.evaluation import evaluate_samples, generation_metrics, retrieved_images, write_outputs
 from zoo.generate import GenerationConfig
 from zoo.presets import preset
 
@@ -56,3 +58,16 @@ def test_evaluation_is_deterministic(trained_model):
     model, samples = trained_model
     first, second = _run(model, samples, 6), _run(model, samples, 6)
     assert [r.get("answer") for r in first] == [r.get("answer") for r in second]
+
+
+def test_continuous_outputs_are_shown_by_the_test_image_they_retrieve(tmp_path):
+    truths = [Image.new("RGB", (8, 8), colour) for colour in ("red", "green", "blue")]
+    target = torch.eye(3).unsqueeze(1).repeat(1, 2, 1)  # three distinct [N=2, D=3] feature sets
+    generated = target[[1, 1, 2]] + 0.01  # the first generation lands nearest the second truth
+    records = [{"task": "vqa"}] + [{"task": "generation", "generated_features": g, "target_features": t}
+                                   for g, t in zip(generated, target)]
+    shown = retrieved_images(records, truths)
+    assert shown == [truths[1], truths[1], truths[2]]
+    paths = write_outputs(str(tmp_path), records, {}, [None] * 3, truths, shown)
+    assert paths["grid"].endswith("retrieved_vs_truth.png") and Image.open(paths["grid"]).size[0] > 3 * 8
+    assert not list((tmp_path / "images").iterdir()), "retrieved images are not generated images"

@@ -137,6 +137,15 @@ def test_eval_splits_keep_every_task_and_cap_per_task():
     assert full["test"] == {"caption": 4, "generation": 4, "vqa": 4}
 
 
+def test_eval_cap_per_task_from_a_dict():
+    dm = MixedTaskDataModule([FakeSource(text=5)], max_eval_samples={"vqa": 4, "caption": 1})
+    assert dm.describe()["val"] == {"caption": 1, "generation": 4, "text": 5, "vqa": 4}  # unlisted: all
+    with pytest.raises(ValueError, match="max_eval_samples: unknown task 'vqqa'"):
+        MixedTaskDataModule([FakeSource()], max_eval_samples={"vqqa": 4})
+    with pytest.raises(ValueError, match=r"max_eval_samples\['vqa'\]: expected a count >= 0"):
+        MixedTaskDataModule([FakeSource()], max_eval_samples={"vqa": -1})
+
+
 def test_several_sources_are_pooled_and_validated_once():
     a, b = FakeSource(name="a"), FakeSource(images={"train": 2}, name="b")  # b serves train only
     dm = MixedTaskDataModule([a, b], mix={"vqa": 12, "caption": 0, "generation": 0})

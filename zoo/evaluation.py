@@ -84,6 +84,8 @@ def generation_metrics(model, records: list[dict[str, Any]]) -> dict[str, Any]:
     target = torch.stack([r["target_features"] for r in done])
     metrics: dict[str, Any] = {
         "feature_cosine": feature_cosine(generated, target).mean().item(),
+        # What a model that ignores the prompt and always writes the average test image would score.
+        "feature_cosine_constant": feature_cosine(target.mean(0, keepdim=True).expand_as(target), target).mean().item(),
         "retrieval_top1": retrieval_top1(generated, target),
         "retrieval_chance": retrieval_chance(len(done)),
         "images": len(done),
@@ -108,6 +110,28 @@ def decode_generated(model, records: list[dict[str, Any]]) -> list[Any]:
     return images
 
 
+def retrieved_images(records: list[dict[str, Any]], truths: list[Any]) -> list[Any]:
+    """For continuous outputs: the ground-truth image whose features are nearest each generated set.
+
+    A continuous space has no pixel decoder, so the picture of a generation is the test image it
+    retrieves (cosine over flattened tokens, as `retrieval_top1` counts it); a grid of these beside
+    the truth shows what the retrieval metric measures. Aligned with generation records (None elsewhere).
+    """
+    import torch.nn.functional as F
+
+    done = [r for r in records if r["task"] == "generation"]
+    kept = [i for i, r in enumerate(done) if r.get("generated_features") is not None and i < len(truths)]
+    if len(kept) < 2:
+        return [None] * len(done)
+    generated = F.normalize(torch.stack([done[i]["generated_features"] for i in kept]).flatten(1).float(), dim=-1)
+    target = F.normalize(torch.stack([done[i]["target_features"] for i in kept]).flatten(1).float(), dim=-1)
+    nearest = (generated @ target.T).argmax(-1).tolist()
+    images: list[Any] = [None] * len(done)
+    for row, i in enumerate(kept):
+        images[i] = truths[kept[nearest[row]]]
+    return images
+
+
 def _plain(attrs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool, list, tuple, dict, type(None)))}
 
@@ -117,8 +141,12 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def write_outputs(out_dir: str, records: list[dict[str, Any]], metrics: dict[str, Any],
-                  images: list[Any], truths: list[Any]) -> dict[str, str]:
-    """Write answers.jsonl, metrics.json, generated PNGs (+ a grid beside the ground truth); atomically."""
+                  images: list[Any], truths: list[Any], retrieved: list[Any] | None = None) -> dict[str, str]:
+    """Write answers.jsonl, metrics.json, generated PNGs (+ a grid beside the ground truth); atomically.
+
+    `retrieved` (continuous outputs): the test image each generation retrieves, drawn as
+    `retrieved_vs_truth.png`; these are never saved as generated images.
+    """
     import json
     from pathlib import Path
 
@@ -142,11 +170,15 @@ def write_outputs(out_dir: str, records: list[dict[str, Any]], metrics: dict[str
     if grid is not None:
         grid.save(out / "generated_vs_truth.png")
         paths["grid"] = str(out / "generated_vs_truth.png")
+    retrieval_grid = _grid(retrieved or [], truths)
+    if retrieval_grid is not None:
+        retrieval_grid.save(out / "retrieved_vs_truth.png")
+        paths["grid"] = str(out / "retrieved_vs_truth.png")
     return paths
 
 
 def comparison_grid_tensor(images: list[Any], truths: list[Any], limit: int = 16) -> torch.Tensor | None:
-    """[3, H, W] grid: generated images (top row) above their ground truth (bottom row)."""
+    """[3, H, W] grid: generated (or retrieved) images (top row) above their ground truth (bottom row)."""
     import torchvision.transforms.v2.functional as TF
     from torchvision.utils import make_grid
 

@@ -233,7 +233,8 @@ class UnifiedVLM(Configurable, L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         """Score (the DataModule's domain scorer + model-agnostic metrics), log, and write the eval folder."""
-        from zoo.evaluation import comparison_grid_tensor, decode_generated, generation_metrics, write_outputs
+        from zoo.evaluation import (comparison_grid_tensor, decode_generated, generation_metrics, retrieved_images,
+                                    write_outputs)
 
         records, metrics = self._eval_records, {}
         scorer = getattr(getattr(self.trainer, "datamodule", None), "score_records", None)
@@ -249,12 +250,15 @@ class UnifiedVLM(Configurable, L.LightningModule):
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 self.log(f"test/{key}", float(value), batch_size=1)
         out_dir = os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "eval")
-        self.eval_outputs = write_outputs(out_dir, records, metrics, images, self._eval_truths)
+        continuous = self.output_space is not None and not self.output_space.discrete
+        retrieved = retrieved_images(records, self._eval_truths) if continuous else None
+        self.eval_outputs = write_outputs(out_dir, records, metrics, images, self._eval_truths, retrieved)
         self.eval_metrics = metrics
-        grid = comparison_grid_tensor(images, self._eval_truths)
         experiment = getattr(self.logger, "experiment", None)
-        if grid is not None and hasattr(experiment, "add_image"):
-            experiment.add_image("test/generated_vs_truth", grid, self.global_step)
+        for tag, shown in (("test/generated_vs_truth", images), ("test/retrieved_vs_truth", retrieved or [])):
+            grid = comparison_grid_tensor(shown, self._eval_truths)
+            if grid is not None and hasattr(experiment, "add_image"):
+                experiment.add_image(tag, grid, self.global_step)
 
     # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
