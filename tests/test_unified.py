@@ -176,3 +176,25 @@ def test_cached_encoder_outputs_give_the_same_losses(name, flag, samples):
     for key in ("text_loss", "image_loss"):
         assert torch.allclose(a[key], b[key], atol=1e-5)
     assert len(cached.processor.code_cache) == len({k for s in samples for k in s.image_keys})
+
+
+def test_cosine_outputs_are_fed_back_at_the_written_features_norm(samples):
+    model = _model("siglip-siglip").train()
+    batch = model.processor(samples)
+    hidden = torch.randn(3, model.backbone.hidden_size)
+    raw, _ = model.next_image_token(hidden)
+    assert torch.equal(raw, model.head(hidden)), "before training no norm is known: the raw prediction"
+    model(batch)
+    _, targets = model.encode_written_images(batch)
+    assert model.written_feature_norm.item() == pytest.approx(targets.norm(dim=-1).mean().item(), rel=1e-5)
+    fed, embedding = model.next_image_token(hidden)
+    assert torch.allclose(fed.norm(dim=-1), model.written_feature_norm.expand(3), rtol=1e-4)
+    assert torch.allclose(torch.nn.functional.cosine_similarity(fed, raw, dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(embedding, model.gen_projector(fed.unsqueeze(1)).squeeze(1))
+    model.eval()(batch)  # evaluation passes leave the statistic alone
+    assert model.written_feature_norm.item() == pytest.approx(targets.norm(dim=-1).mean().item(), rel=1e-5)
+    older = {k: v for k, v in model.state_dict().items() if k != "written_feature_norm"}
+    fresh = _model("siglip-siglip")
+    fresh.load_state_dict(older)  # checkpoints from before the statistic still load
+    assert fresh.written_feature_norm.item() == 0.0
+    assert not hasattr(_model("vq-vq"), "written_feature_norm")

@@ -80,6 +80,13 @@ class UnifiedVLM(Configurable, L.LightningModule):
             self.image_loss_kind: ImageLossKind = image_loss or ("ce" if out.discrete else "cosine")
             if out.discrete != (self.image_loss_kind == "ce"):
                 raise ValueError(f"image_loss {self.image_loss_kind!r} does not fit a {'discrete' if out.discrete else 'continuous'} output space")
+            if self.image_loss_kind == "cosine":
+                # 1 - cosine fixes only a prediction's direction; its norm drifts (tiny SigLIP: predictions
+                # ~12.7 long, features ~27). Fed back as is, the projector sees inputs it never saw in
+                # teacher forcing and generation derails (generated cosine 0.15; rescaled 0.24, same model).
+                # So generation feeds back the direction at the running mean norm of the written
+                # features, kept here (0 = unknown: older checkpoints feed back the raw prediction).
+                self.register_buffer("written_feature_norm", torch.zeros(()))
         self.alpha = alpha
         context = self.backbone.max_positions
         if max_length is not None and context and max_length > context:
@@ -119,6 +126,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
             "text_sample": sample_of[text_sel],
         }
         if targets is not None:
+            self._track_written_norm(targets)
             image_sel = write_pos[:, 1:]  # the position before each written image token
             out["image_loss"] = self.image_loss(self.head(hidden[image_sel]), targets)
             out["image_sample"] = sample_of[image_sel]
@@ -132,6 +140,15 @@ class UnifiedVLM(Configurable, L.LightningModule):
         if read_pos.any():
             embeds = embeds.masked_scatter(read_pos.unsqueeze(-1), self.encode_read_images(batch).to(embeds.dtype))
         return embeds
+
+    @torch.no_grad()
+    def _track_written_norm(self, targets: torch.Tensor) -> None:
+        """Running mean (EMA 0.99) of the written features' norm, during training only."""
+        norm = getattr(self, "written_feature_norm", None)
+        if norm is None or not self.training or targets.dtype == torch.long:
+            return
+        batch_norm = targets.float().norm(dim=-1).mean()
+        norm.copy_(torch.where(norm > 0, 0.99 * norm + 0.01 * batch_norm, batch_norm))
 
     # ----------------------------------------------------------------------------- hooks
     def encode_read_images(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -172,6 +189,10 @@ class UnifiedVLM(Configurable, L.LightningModule):
             else:
                 code = prediction.argmax(-1)
             return code, self.gen_projector(space.embed_codes(code.unsqueeze(1))).squeeze(1)
+        norm = getattr(self, "written_feature_norm", None)
+        if norm is not None:  # where no norm was tracked (0), the raw prediction is fed back
+            rescaled = torch.nn.functional.normalize(prediction, dim=-1) * norm.to(prediction.dtype)
+            prediction = torch.where(norm > 0, rescaled, prediction)
         return prediction, self.gen_projector(prediction.unsqueeze(1)).squeeze(1)
 
     # ----------------------------------------------------------------------------- training loop
@@ -354,7 +375,8 @@ class UnifiedVLM(Configurable, L.LightningModule):
         """Load, accepting only the frozen reloadable keys as missing; anything else is an error."""
         own = self.state_dict()
         mismatched = sorted(k for k, v in state_dict.items() if k in own and own[k].shape != v.shape)
-        missing = set(own) - set(state_dict) - self.frozen_state_keys()
+        # written_feature_norm is optional: checkpoints from before it existed feed back raw predictions.
+        missing = set(own) - set(state_dict) - self.frozen_state_keys() - {"written_feature_norm"}
         unexpected = sorted(set(state_dict) - set(own))
         if mismatched or (strict and (missing or unexpected)):
             raise CheckpointMismatchError(
