@@ -23,53 +23,43 @@ cache, a mirror directory and Hugging Face's local cache are used; nothing is co
 State-dict files: safetensors first; `.pt`/`.pth`/`.bin`/`.ckpt` only through
 `torch.load(weights_only=True)`, so a file carrying arbitrary pickled objects is refused.
 Nothing here ever passes `trust_remote_code`.
+
+The file primitives (sha256, atomic writes and downloads, digest records, state-dict files) live in
+`zoo.hub_files`; their public names are re-exported here.
 """
 from __future__ import annotations
 
 import hashlib
-import http.client
-import json
 import logging
 import os
-import shutil
-import tempfile
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import torch
+from zoo.hub_files import (
+    PICKLE_SUFFIXES,
+    ChecksumError,
+    DownloadError,
+    UnsafeCheckpointError,
+    WeightsNotFoundError,
+    add_digest_record,
+    atomic_copy,
+    download,
+    load_state_dict_file,
+    read_digest_records,
+    save_state_dict_file,
+    sha256_file,
+)
+
+__all__ = ["PICKLE_SUFFIXES", "ZOO_PREFIX", "ChecksumError", "DownloadError", "UnsafeCheckpointError",
+           "WeightsNotFoundError", "WeightsSource", "cache_dir", "fetch", "load_state_dict_file",
+           "offline_reason", "resolve_weights", "save_state_dict_file", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
 _TRUE = {"1", "true", "yes", "on"}
-_CHUNK = 1 << 20
-_TIMEOUT_S = 60.0
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-
-
-class ChecksumError(ValueError):
-    """A file's sha256 differs from the expected one (the file has been removed when it was ours)."""
-
-    def __init__(self, path: Path | str, expected: str, actual: str, why: str = "") -> None:
-        self.path, self.expected, self.actual = Path(path), expected, actual
-        super().__init__(f"sha256 mismatch for {path}: expected {expected}, got {actual}{why}")
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """No copy of the requested weights could be found (missing upstream, or offline with no cache)."""
-
-
-class DownloadError(OSError):
-    """A transfer failed or ended early."""
-
-
-class UnsafeCheckpointError(ValueError):
-    """A pickle-based checkpoint holds objects beyond tensors and plain containers."""
 
 
 @dataclass(frozen=True)
@@ -154,15 +144,6 @@ def offline_reason(offline: bool | None = None) -> str | None:
     return None
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ----------------------------------------------------------------------------- trust on first use
 
 
@@ -171,23 +152,11 @@ def _tofu_path() -> Path:
 
 
 def _tofu_records() -> dict[str, Any]:
-    path = _tofu_path()
-    if not path.exists():
-        return {}
-    try:
-        records = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: unreadable trust-on-first-use record ({err}); fix or delete it") from err
-    if not isinstance(records, dict):
-        raise ValueError(f"{path}: expected a JSON object of source -> record")
-    return records
+    return read_digest_records(_tofu_path())
 
 
 def _tofu_record(source: WeightsSource, digest: str, path: Path) -> None:
-    records = _tofu_records()
-    records[source.key] = {"sha256": digest, "filename": source.local_name, "first_seen_from": str(path),
-                           "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _atomic_write_text(_tofu_path(), json.dumps(records, indent=2, sort_keys=True))
+    add_digest_record(_tofu_path(), source.key, digest, source.local_name, path)
     log.warning("%s has no published sha256: trusting it on first use and recording sha256 %s in %s; "
                 "later copies must match it", source.describe(), digest, _tofu_path())
 
@@ -251,7 +220,7 @@ def fetch(source: WeightsSource, *, offline: bool | None = None, progress: bool 
     if source.hf_repo:
         return _from_hf(source)
     if source.url:
-        _download(source.url, target, progress=progress)
+        download(source.url, target, progress=progress)
         return _verify(target, source, ours=True)
     raise WeightsNotFoundError(f"bundled weights zoo/{source.package_file} are missing from the installed "
                                f"package, and no cached or mirrored copy of {source.local_name} was found")
@@ -266,7 +235,7 @@ def _package_path(source: WeightsSource) -> Path | None:
     # Installed from a zip: copy out once into the cache, then it is an ordinary cached file.
     target = _cache_target(source)
     with resource.open("rb") as src:
-        _atomic_copy(src, target)
+        atomic_copy(src, target)
     return target
 
 
@@ -283,7 +252,7 @@ def _from_mirror(source: WeightsSource, target: Path, reason: str | None, progre
         for rel in relatives:
             url = mirror.rstrip("/") + "/" + urllib.parse.quote(rel)
             try:
-                _download(url, target, progress=progress)
+                download(url, target, progress=progress)
             except WeightsNotFoundError:
                 continue
             return _verify(target, source, ours=True)
@@ -327,85 +296,6 @@ def _from_hf(source: WeightsSource, *, local_only: bool = False) -> Path | None:
     return path
 
 
-def _download(url: str, target: Path, *, progress: bool) -> None:
-    """Download `url` to `target` through a temp file beside it; renamed only if complete."""
-    scheme = urllib.parse.urlsplit(url).scheme
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
-        log.warning("downloading %s over plain http: integrity rests on the sha256 check alone", url)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        response = urllib.request.urlopen(url, timeout=_TIMEOUT_S)  # noqa: S310 (scheme checked above)
-    except urllib.error.HTTPError as err:
-        if err.code == 404:
-            raise WeightsNotFoundError(f"{url}: not found (HTTP 404)") from err
-        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from err
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        if scheme == "file" and isinstance(reason, FileNotFoundError):
-            raise WeightsNotFoundError(f"{url}: no such file") from err
-        raise DownloadError(f"{url}: cannot connect ({reason})") from err
-    with response:
-        announced = response.headers.get("Content-Length")
-        total = int(announced) if announced and announced.isdigit() else None
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                received = _copy_with_progress(response, out, total, target.name, progress, url)
-            if total is not None and received != total:
-                raise DownloadError(f"{url}: transfer ended early: received {received} of {total} bytes "
-                                    f"announced by Content-Length")
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-
-def _copy_with_progress(src: BinaryIO, out: BinaryIO, total: int | None, label: str, progress: bool,
-                        url: str) -> int:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    received = 0
-    with Progress(*columns, transient=True, disable=not progress) as bar:
-        task = bar.add_task(label, total=total)
-        while True:
-            try:
-                chunk = src.read(_CHUNK)
-            except (OSError, http.client.HTTPException) as err:  # connection reset, IncompleteRead
-                raise DownloadError(f"{url}: transfer failed after {received} bytes ({err})") from err
-            if not chunk:
-                return received
-            out.write(chunk)
-            received += len(chunk)
-            bar.update(task, advance=len(chunk))
-
-
-def _atomic_copy(src: BinaryIO, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(src, out, _CHUNK)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 # ----------------------------------------------------------------------------- weights references
 
 ZOO_PREFIX = "zoo:"
@@ -428,84 +318,3 @@ def resolve_weights(value: str, *, offline: bool | None = None) -> str:
     if entry.weights is None:
         raise ValueError(f"{value!r}: zoo entry {entry.name!r} lists no weights file to load")
     return str(fetch(entry.weights, offline=offline))
-
-
-# ----------------------------------------------------------------------------- state-dict files
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file, or from a .pt/.pth/.bin/.ckpt file loaded with weights_only=True."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as err:  # safetensors raises its own SafetensorError for bad headers/sizes
-            raise ValueError(f"{path}: not a valid safetensors file (truncated or corrupt?): {err}") from err
-    if suffix not in PICKLE_SUFFIXES:
-        raise ValueError(f"{path}: unknown weights format {suffix!r}; expected .safetensors or one of "
-                         f"{', '.join(PICKLE_SUFFIXES)}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        import pickle
-
-        if isinstance(err, pickle.UnpicklingError):
-            raise UnsafeCheckpointError(
-                f"{path}: refused: the file holds pickled objects other than tensors and plain containers, "
-                f"and unizoo only loads .pt files with torch.load(weights_only=True). Convert it to "
-                f"safetensors from a trusted environment. ({str(err).splitlines()[0]})") from err
-        raise ValueError(f"{path}: cannot read checkpoint (truncated or corrupt?): {err}") from err
-    return _tensor_dict(obj, path)
-
-
-def _tensor_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for wrapper in ("state_dict", "model"):
-            if isinstance(obj.get(wrapper), dict):
-                obj = obj[wrapper]
-                break
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"{path}: entries that are not tensors: {bad[:5]}{' ...' if len(bad) > 5 else ''}")
-    return obj
-
-
-def save_state_dict_file(state: dict[str, torch.Tensor], path: str | Path,
-                         metadata: dict[str, str] | None = None) -> str:
-    """Write `state` as safetensors atomically (temp file + rename); return the file's sha256."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: state dicts are saved as .safetensors")
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"{path}: cannot save non-tensor entries {bad[:5]}")
-    if metadata and any(not isinstance(k, str) or not isinstance(v, str) for k, v in metadata.items()):
-        raise ValueError(f"{path}: safetensors metadata must map str -> str")
-    plain: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for key, tensor in state.items():
-        tensor = tensor.detach().cpu()
-        storage = tensor.untyped_storage().data_ptr()
-        # safetensors refuses tensors sharing memory (tied weights): give repeats their own copy.
-        plain[key] = tensor.clone().contiguous() if storage in seen and tensor.numel() else tensor.contiguous()
-        seen.add(storage)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(plain, tmp_name, metadata=metadata)
-        digest = sha256_file(tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return digest
