@@ -107,3 +107,17 @@ def test_unreadable_image_is_a_clear_error(vq_run, tmp_path):
         generate(str(run), "what time is it?", image=str(bad))
     with pytest.raises(ValueError, match="missing.png: no such file"):
         generate(str(run), "what time is it?", image=str(tmp_path / "missing.png"))
+
+
+def test_command_line_takes_ckpt_and_prompt_as_flags(vq_run, watch_png, capsys):
+    from tools.cli import main
+
+    run, _ = vq_run
+    # The syntax of the README and the issue: `unizoo generate --ckpt RUN --prompt "..." [--image FILE]`.
+    main(["generate", "--ckpt", str(run), "--prompt", "what time is it?", "--image", str(watch_png),
+          "--max_new_tokens", "5"])
+    by_flags = capsys.readouterr().out
+    generate(str(run), "what time is it?", image=str(watch_png), max_new_tokens=5)
+    assert by_flags == capsys.readouterr().out
+    with pytest.raises(ValueError, match="--prompt is required"):
+        main(["generate", "--ckpt", str(run)])

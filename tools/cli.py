@@ -37,6 +37,27 @@ def _load(target: str):
     return getattr(importlib.import_module(module), func)
 
 
+_BOOL_WORDS = ("true", "false", "yes", "no")
+
+
+def bare_bool_flags(func, args: list[str]) -> list[str]:
+    """`--flag` alone means `--flag true` for `func`'s bool parameters (jsonargparse itself wants a value)."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(func)
+    except (NameError, TypeError):  # unresolvable annotations: leave the arguments as they are
+        return list(args)
+    flags = {f"--{name}" for name, hint in hints.items() if hint in (bool, typing.Optional[bool])}
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        following = args[i + 1] if i + 1 < len(args) else None
+        if arg in flags and (following is None or following.lower() not in _BOOL_WORDS):
+            out.append("true")
+    return out
+
+
 def _usage() -> str:
     lines = ["usage: unizoo COMMAND [args]", "", "Lightning commands: " + ", ".join(LIGHTNING_COMMANDS)]
     for name, target in COMMANDS.items():
@@ -83,12 +104,19 @@ def _main(argv: list[str] | None) -> None:
         raise SystemExit(2)
     from jsonargparse import CLI
 
+    components, rest = plain_command(command, rest)
+    CLI(components, args=rest, prog=f"unizoo {command}")
+
+
+def plain_command(command: str, args: list[str]):
+    """(the function, or {subcommand: function}, of a plain command; its arguments with bare bool flags filled)."""
     target = COMMANDS[command]
     if isinstance(target, dict):
         components = {sub: _load(t) for sub, t in target.items()}
-        CLI(components, args=rest, prog=f"unizoo {command}")
-    else:
-        CLI(_load(target), args=rest, prog=f"unizoo {command}")
+        sub = next((a for a in args if a in components), None)
+        return components, bare_bool_flags(components[sub], args) if sub is not None else list(args)
+    func = _load(target)
+    return func, bare_bool_flags(func, args)
 
 
 if __name__ == "__main__":

@@ -113,8 +113,8 @@ def save_image_tokens(model: UnifiedVLM, tokens: list, out: str | os.PathLike) -
 
 
 def generate(
-    ckpt: str,
-    prompt: str,
+    ckpt: str | None = None,
+    prompt: str | None = None,
     image: str | None = None,
     out: str = "generated",
     max_new_tokens: int = 128,
@@ -144,6 +144,10 @@ def generate(
     from zoo.generate import GenerationConfig
     from zoo.generate import generate as decode
 
+    # Both have defaults only so that the command line takes them as `--ckpt RUN --prompt TEXT`.
+    for name, value in (("ckpt", ckpt), ("prompt", prompt)):
+        if not value:
+            raise ValueError(f"unizoo generate: --{name} is required (see unizoo generate --help)")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if temperature < 0:
