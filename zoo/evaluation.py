@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from zoo.generate import GenerationConfig, decode_images, generate
-from zoo.metrics import code_accuracy, feature_cosine, retrieval_chance, retrieval_top1
+from zoo.metrics import code_accuracy, feature_cosine, nearest_target, retrieval_chance, retrieval_top1
 from zoo.sample import IMAGE_MARKER, Sample
 
 UNDERSTANDING = ("vqa", "caption", "text")
@@ -117,15 +117,12 @@ def retrieved_images(records: list[dict[str, Any]], truths: list[Any]) -> list[A
     retrieves (cosine over flattened tokens, as `retrieval_top1` counts it); a grid of these beside
     the truth shows what the retrieval metric measures. Aligned with generation records (None elsewhere).
     """
-    import torch.nn.functional as F
-
     done = [r for r in records if r["task"] == "generation"]
     kept = [i for i, r in enumerate(done) if r.get("generated_features") is not None and i < len(truths)]
     if len(kept) < 2:
         return [None] * len(done)
-    generated = F.normalize(torch.stack([done[i]["generated_features"] for i in kept]).flatten(1).float(), dim=-1)
-    target = F.normalize(torch.stack([done[i]["target_features"] for i in kept]).flatten(1).float(), dim=-1)
-    nearest = (generated @ target.T).argmax(-1).tolist()
+    nearest = nearest_target(torch.stack([done[i]["generated_features"] for i in kept]),
+                             torch.stack([done[i]["target_features"] for i in kept])).tolist()
     images: list[Any] = [None] * len(done)
     for row, i in enumerate(kept):
         images[i] = truths[kept[nearest[row]]]

@@ -16,14 +16,19 @@ def code_accuracy(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return (generated == target).float().mean(-1)
 
 
+def nearest_target(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Index [M] of the ground truth [M, N, D] nearest each generated image [M, N, D] (cosine, flattened)."""
+    g = F.normalize(generated.flatten(1).float(), dim=-1)
+    t = F.normalize(target.flatten(1).float(), dim=-1)
+    return (g @ t.T).argmax(-1)
+
+
 def retrieval_top1(generated: torch.Tensor, target: torch.Tensor) -> float:
     """Share of generated images [M, N, D] whose nearest ground truth (cosine, flattened) is their own."""
     if generated.shape[0] < 2:
         return float("nan")
-    g = F.normalize(generated.flatten(1).float(), dim=-1)
-    t = F.normalize(target.flatten(1).float(), dim=-1)
-    nearest = (g @ t.T).argmax(-1)
-    return (nearest == torch.arange(len(g), device=g.device)).float().mean().item()
+    nearest = nearest_target(generated, target)
+    return (nearest == torch.arange(len(nearest), device=nearest.device)).float().mean().item()
 
 
 def retrieval_chance(n: int) -> float:

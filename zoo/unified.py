@@ -145,7 +145,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
     def _track_written_norm(self, targets: torch.Tensor) -> None:
         """Running mean (EMA 0.99) of the written features' norm, during training only."""
         norm = getattr(self, "written_feature_norm", None)
-        if norm is None or not self.training or targets.dtype == torch.long:
+        if norm is None or not self.training:
             return
         batch_norm = targets.float().norm(dim=-1).mean()
         norm.copy_(torch.where(norm > 0, 0.99 * norm + 0.01 * batch_norm, batch_norm))
