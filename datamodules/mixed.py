@@ -154,12 +154,15 @@ class MixedTaskDataModule(LightningDataModule):
                 raise ValueError(f"MixedTaskDataModule: {name} must be >= 1, got {value}")
         if num_workers < 0:
             raise ValueError(f"MixedTaskDataModule: num_workers must be >= 0, got {num_workers}")
-        caps = max_eval_samples if isinstance(max_eval_samples, dict) else {"*": max_eval_samples}
+        per_task = isinstance(max_eval_samples, dict)
+        caps = max_eval_samples if per_task else dict.fromkeys(TASKS, max_eval_samples)
         for task, cap in caps.items():
-            if task != "*" and task not in TASKS:
+            if task not in TASKS:
                 raise ValueError(f"max_eval_samples: unknown task {task!r}; expected some of {tuple(TASKS)}")
             if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
-                raise ValueError(f"max_eval_samples[{task!r}]: expected a count >= 0 or null, got {cap!r}")
+                where = f"max_eval_samples[{task!r}]" if per_task else "max_eval_samples"
+                raise ValueError(f"{where}: expected a count >= 0 or null, got {cap!r}")
+        self._eval_caps = {task: caps.get(task) for task in TASKS}  # None: every item of the task
         for kind, count in (extra or {}).items():
             if kind not in EXTRA_TASKS:
                 raise ValueError(f"extra: unknown kind {kind!r}; expected some of {tuple(EXTRA_TASKS)}")
@@ -209,12 +212,6 @@ class MixedTaskDataModule(LightningDataModule):
                 tasks.append(task)
         return np.asarray(refs, dtype=np.int64).reshape(-1, 2), tasks
 
-    def _eval_cap(self, task: str) -> int | None:
-        """The val/test cap of `task` (None: all of its items)."""
-        if isinstance(self.max_eval_samples, dict):
-            return self.max_eval_samples.get(task)
-        return self.max_eval_samples
-
     def _select(self, split: str) -> tuple[np.ndarray, list[str]]:
         """The refs kept for `split` by the mix (train) or the eval cap (val/test)."""
         refs, tasks = self._pool(split)
@@ -231,7 +228,7 @@ class MixedTaskDataModule(LightningDataModule):
                 if k > n:
                     raise ValueError(f"mix[{task!r}] asks for {k} items but the train split has {n} {task} items")
             else:
-                cap = self._eval_cap(task)
+                cap = self._eval_caps[task]
                 k = n if cap is None else min(n, cap)
             keep.append(positions[_pick(n, k, self.seed, salt)])
         chosen = np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)

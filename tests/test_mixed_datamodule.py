@@ -144,6 +144,8 @@ def test_eval_cap_per_task_from_a_dict():
         MixedTaskDataModule([FakeSource()], max_eval_samples={"vqqa": 4})
     with pytest.raises(ValueError, match=r"max_eval_samples\['vqa'\]: expected a count >= 0"):
         MixedTaskDataModule([FakeSource()], max_eval_samples={"vqa": -1})
+    with pytest.raises(ValueError, match="max_eval_samples: expected a count >= 0"):
+        MixedTaskDataModule([FakeSource()], max_eval_samples=-1)
 
 
 def test_several_sources_are_pooled_and_validated_once():
