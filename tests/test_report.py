@@ -122,7 +122,7 @@ def test_report_tables_and_figures(study, tmp_path):
     assert any("partial" in n and "no metrics" in n for n in summary["notes"])
 
 
-def test_cli_takes_one_run_a_glob_or_a_list(study, tmp_path):
+def test_cli_takes_one_run_a_glob_a_list_or_many_words(study, tmp_path):
     from tools.cli import main
 
     main(["report", str(tmp_path / "b-*" / "version_0"), "--out", str(tmp_path / "g")])
@@ -132,6 +132,10 @@ def test_cli_takes_one_run_a_glob_or_a_list(study, tmp_path):
     main(["report", f"[{study[0]}, {study[1]}]", "--out", str(tmp_path / "l")])
     main(["report", str(study[0]), "--out", str(tmp_path / "one")])
     assert "(n=1)" in (tmp_path / "one" / "report.md").read_text()
+    # What a shell makes of an unquoted glob: many words, also after the options.
+    main(["report", str(study[0]), "--out", str(tmp_path / "w"), str(study[1])])
+    assert json.loads((tmp_path / "w" / "summary.json").read_text())["groups"] == \
+        json.loads((tmp_path / "l" / "summary.json").read_text())["groups"]
     with pytest.raises(ValueError, match="matches no run dir"):
         report(str(tmp_path / "nothing-*"), out=str(tmp_path / "x"))
 

@@ -58,6 +58,38 @@ def bare_bool_flags(func, args: list[str]) -> list[str]:
     return out
 
 
+def gathered_positionals(func, args: list[str]) -> list[str]:
+    """Several positional words for `func`'s one list-typed positional parameter become one JSON list.
+
+    jsonargparse takes a single token per positional; this lets a shell glob (`unizoo report runs/*/version_0`)
+    expand into many words. Flags are assumed to take one value (bare bool flags are filled in before).
+    """
+    import inspect
+    import json
+    import typing
+
+    required = [p for p in inspect.signature(func).parameters.values() if p.default is inspect.Parameter.empty]
+    if len(required) != 1:
+        return list(args)
+    try:
+        hint = typing.get_type_hints(func).get(required[0].name)
+    except (NameError, TypeError):
+        return list(args)
+    if list not in {typing.get_origin(h) for h in (hint, *typing.get_args(hint))}:
+        return list(args)
+    positions, i = [], 0
+    while i < len(args):
+        if args[i].startswith("-"):
+            i += 1 if "=" in args[i] or args[i] in ("-h", "--help") else 2
+        else:
+            positions.append(i)
+            i += 1
+    if len(positions) < 2:
+        return list(args)
+    words = [args[i] for i in positions]
+    return [json.dumps(words), *(a for i, a in enumerate(args) if i not in positions)]
+
+
 def _usage() -> str:
     lines = ["usage: unizoo COMMAND [args]", "", "Lightning commands: " + ", ".join(LIGHTNING_COMMANDS)]
     for name, target in COMMANDS.items():
@@ -116,7 +148,7 @@ def plain_command(command: str, args: list[str]):
         sub = next((a for a in args if a in components), None)
         return components, bare_bool_flags(components[sub], args) if sub is not None else list(args)
     func = _load(target)
-    return func, bare_bool_flags(func, args)
+    return func, gathered_positionals(func, bare_bool_flags(func, args))
 
 
 if __name__ == "__main__":

@@ -96,8 +96,8 @@ def report(runs: list[str] | str, out: str = "report", probe: str | None = None,
     PNG figures, and the same figures to TensorBoard under OUT/tb. Partial runs are skipped with a note.
     See the module docstring for the run layout and the checkpoint-curve convention.
 
-    On the command line give one run, a quoted glob (`unizoo report 'runs/*/version_*'`) or a list
-    (`unizoo report "[runs/a/version_0, runs/b/version_0]"`): jsonargparse takes a single positional.
+    On the command line give runs as words (a shell glob works: `unizoo report runs/*/version_0`), a
+    quoted glob (`unizoo report 'runs/*/version_*'`) or a list (`"[runs/a/version_0, runs/b/version_0]"`).
 
     Args:
         runs: run dirs (runs/<name>/version_N/) with config.yaml and eval/metrics.json, or glob patterns.
