@@ -40,15 +40,21 @@ def _load(target: str):
 _BOOL_WORDS = ("true", "false", "yes", "no")
 
 
+def _type_hints(func) -> dict:
+    """`func`'s resolved annotations; empty where they cannot be resolved (arguments then pass unchanged)."""
+    import typing
+
+    try:
+        return typing.get_type_hints(func)
+    except (NameError, TypeError):
+        return {}
+
+
 def bare_bool_flags(func, args: list[str]) -> list[str]:
     """`--flag` alone means `--flag true` for `func`'s bool parameters (jsonargparse itself wants a value)."""
     import typing
 
-    try:
-        hints = typing.get_type_hints(func)
-    except (NameError, TypeError):  # unresolvable annotations: leave the arguments as they are
-        return list(args)
-    flags = {f"--{name}" for name, hint in hints.items() if hint in (bool, typing.Optional[bool])}
+    flags = {f"--{name}" for name, hint in _type_hints(func).items() if hint in (bool, typing.Optional[bool])}
     out: list[str] = []
     for i, arg in enumerate(args):
         out.append(arg)
@@ -71,10 +77,7 @@ def gathered_positionals(func, args: list[str]) -> list[str]:
     required = [p for p in inspect.signature(func).parameters.values() if p.default is inspect.Parameter.empty]
     if len(required) != 1:
         return list(args)
-    try:
-        hint = typing.get_type_hints(func).get(required[0].name)
-    except (NameError, TypeError):
-        return list(args)
+    hint = _type_hints(func).get(required[0].name)
     if list not in {typing.get_origin(h) for h in (hint, *typing.get_args(hint))}:
         return list(args)
     positions, i = [], 0
