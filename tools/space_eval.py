@@ -127,3 +127,39 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# Attributes a probe reads from the flattened tokens the LM reads (issue 12: mean-pooling hides the clock).
+TOKEN_PROBES: dict[str, tuple[Callable[[WatchSpec], int], int]] = {
+    **PROBES,
+    "minute": (lambda s: s.minute, 60),
+    "battery_decile": (lambda s: min(s.battery // 10, 9), 10),
+}
+
+
+def token_probe_accuracies(encode: Callable[[torch.Tensor], torch.Tensor], seed: int, size: int, n_fit: int = 1500,
+                           n_test: int = 500) -> dict[str, float]:
+    """Linear probes on flattened token features [B, N * D] (what a recipe's LM reads), val fit / test score."""
+    flat = lambda px: encode(px).flatten(1)  # noqa: E731
+    fit_specs, test_specs = watches(seed, "val", range(n_fit)), watches(seed, "test", range(n_test))
+    fit_x, test_x = encode_batches(flat, fit_specs, size), encode_batches(flat, test_specs, size)
+    out = {}
+    for name, (label, classes) in TOKEN_PROBES.items():
+        fit_y = torch.tensor([label(s) for s in fit_specs])
+        test_y = torch.tensor([label(s) for s in test_specs])
+        out[f"token_probe_{name}"] = linear_probe(fit_x, fit_y, test_x, test_y, classes)
+    return out
+
+
+@torch.no_grad()
+def reader_on_images(reader: torch.nn.Module, images: Callable[[torch.Tensor], torch.Tensor], seed: int,
+                     n_test: int = 500, size: int = 64, batch_size: int = 100) -> dict[str, float]:
+    """The attribute reader's accuracy on `images(pixels)` (e.g. decode(encode(x))) of `n_test` fresh test renders."""
+    from datamodules.smartwatch.reader import read_images, reading_accuracy
+
+    specs = watches(seed, "test", range(n_test))
+    readings = []
+    for i in range(0, n_test, batch_size):
+        shown = images(render_pixels(specs[i:i + batch_size], size))
+        readings += read_images(reader, ((shown.clamp(-1, 1) + 1) / 2))
+    return reading_accuracy(readings, specs)

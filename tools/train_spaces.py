@@ -30,7 +30,9 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.nn import functional as F
 
+from datamodules.smartwatch.reader import DEFAULT_READER
 from tools import space_eval as ev
+from tools.space_objectives import ReaderConsistency, hard_negative_batch, weighted_reconstruction
 from zoo import hub, presets
 
 IMAGE_SIZE = 64
@@ -85,10 +87,12 @@ class TextBatcher:
                               return_tensors="pt")["input_ids"]
 
 
-def _siglip_batch(seed: int, start: int, size: int, batcher: TextBatcher) -> tuple[torch.Tensor, torch.Tensor]:
-    indices = range(start, start + size)
-    specs = ev.watches(seed, "train", indices)
-    captions = [ev.full_caption(s, seed, "train", i) for s, i in zip(specs, indices)]
+def _siglip_batch(seed: int, start: int, size: int, batcher: TextBatcher, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of renders and full captions; with `group` > 1, groups of hard negatives (time and battery differ)."""
+    anchors = ev.watches(seed, "train", range(start // group, (start + size) // group))
+    specs = hard_negative_batch(anchors, group, seed, start // group) if group > 1 else anchors
+    # Caption phrasing is drawn per (watch index); variants of an anchor get their own draw.
+    captions = [ev.full_caption(s, seed, "train", start + i) for i, s in enumerate(specs)]
     return ev.render_pixels(specs, IMAGE_SIZE), batcher(captions)
 
 
@@ -123,11 +127,18 @@ def sigmoid_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.T
     return -F.logsigmoid(labels * logits).sum() / len(logits)
 
 
-def train_siglip(out: str | Path, *, seed: int = 0, steps: int = 600, batch_size: int = 32, lr: float = 5e-4,
-                 vision_config: dict[str, Any] | None = None,
+def train_siglip(out: str | Path, *, seed: int = 0, steps: int = 2000, batch_size: int = 32, lr: float = 5e-4,
+                 vision_config: dict[str, Any] | None = None, hard_negatives: int = 4, read_layer: int = 1,
                  eval_fit: int = 1000, eval_test: int = 500, threads: int | None = None,
                  progress: bool = True) -> dict[str, Any]:
-    """Train the tiny SigLIP pair, save the vision tower to folder `out`; return its card (metrics from the saved files)."""
+    """Train the tiny SigLIP pair, save the vision tower to folder `out`; return its card (metrics from the saved files).
+
+    `hard_negatives`: batches are groups of this many watches differing only in time and battery (1: random
+    batches, the first release). The card adds linear probes on the flattened tokens of `read_layer`, the
+    tokens the tiny recipes' LM reads.
+    """
+    if batch_size % max(1, hard_negatives):
+        raise ValueError(f"train_siglip: batch_size {batch_size} is not a multiple of hard_negatives {hard_negatives}")
     from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
     from zoo.spaces.hf import HFVisionSpace
@@ -151,7 +162,7 @@ def train_siglip(out: str | Path, *, seed: int = 0, steps: int = 600, batch_size
     with _progress(progress) as bar:
         task = bar.add_task("siglip", total=steps, info="")
         for step in range(steps):
-            pixels, ids = _siglip_batch(seed, step * batch_size, batch_size, batcher)
+            pixels, ids = _siglip_batch(seed, step * batch_size, batch_size, batcher, max(1, hard_negatives))
             loss = sigmoid_loss(vision(pixel_values=pixels).pooler_output, text(ids), scale, bias)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -179,23 +190,37 @@ def train_siglip(out: str | Path, *, seed: int = 0, steps: int = 600, batch_size
         text_emb = torch.cat([text(batcher(captions[i:i + 128]))
                               for i in range(0, len(captions), 128)])
     metrics.update(ev.retrieval_recall(image_emb, text_emb))
+    read = HFVisionSpace(model_class="transformers.SiglipVisionModel", pretrained=str(out), layer=read_layer)
+    tokens = ev.token_probe_accuracies(lambda px: read.encode(px)[0], seed, vcfg["image_size"], 1500, eval_test)
+    metrics.update({f"layer{read_layer}_{k}": v for k, v in tokens.items()})
     return _card(SIGLIP_NAME, out / "model.safetensors", env, seed, metrics, steps, batch_size,
-                 f"probes fitted on {eval_fit} val renders, scored on {eval_test} test renders (pooler output); "
+                 f"probes fitted on {eval_fit} val renders, scored on {eval_test} test renders (pooler output; "
+                 f"layer{read_layer}_token_probe_*: flattened layer-{read_layer} tokens, 1500 val fit); "
+                 f"hard-negative groups of {hard_negatives}; "
                  f"retrieval among the {eval_test} test captions (text tower not shipped)")
 
 
 # ----------------------------------------------------------------------------- VQ
 
 
-def train_vq(out: str | Path, *, seed: int = 0, steps: int = 300, batch_size: int = 16, lr: float = 5e-4,
+def train_vq(out: str | Path, *, seed: int = 0, steps: int = 3000, batch_size: int = 32, lr: float = 5e-4,
              overrides: dict[str, Any] | None = None, entropy_weight: float = 0.05, l1_weight: float = 0.2,
-             eval_test: int = 500, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train `VQTokenizer(variant="tiny")` on fresh renders, save its state dict to `out` (.safetensors); return its card."""
+             detail_weight: float = 4.0, reader_weight: float = 0.1, reader: str = DEFAULT_READER,
+             judge: str | None = None, eval_test: int = 500, threads: int | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Train `VQTokenizer(variant="tiny")` on fresh renders, save its state dict to `out` (.safetensors); return its card.
+
+    Loss: detail-weighted MSE + L1, LlamaGen's codebook/commitment terms, and `reader_weight` x the frozen
+    attribute reader's loss on the reconstruction (`tools.space_objectives`). The card reports what the
+    reader reads on reconstructions of fresh test renders, and, with `judge`, what an independently
+    trained reader reads (the training reader could be fooled by its own blind spots; a second one checks).
+    """
     from zoo.spaces.vq import VQTokenizer
 
     # --- setup
     env = _setup(seed, threads)
     init = {**presets.vq("tiny")["init_args"], **(overrides or {})}
+    consistency = ReaderConsistency(reader) if reader_weight > 0 else None
     # The entropy term only shapes training (it keeps the codebook in use); inference never reads it.
     tokenizer = VQTokenizer(**init, entropy_weight=entropy_weight, trainable=True)
     vq, size = tokenizer.model, tokenizer.image_size
@@ -207,10 +232,13 @@ def train_vq(out: str | Path, *, seed: int = 0, steps: int = 300, batch_size: in
     with _progress(progress) as bar:
         task = bar.add_task("vq", total=steps, info="")
         for step in range(steps):
-            pixels = ev.render_pixels(ev.watches(seed, "train", range(step * batch_size, (step + 1) * batch_size)), size)
+            specs = ev.watches(seed, "train", range(step * batch_size, (step + 1) * batch_size))
+            pixels = ev.render_pixels(specs, size)
             recon, losses = vq(pixels)
-            rec_loss = F.mse_loss(recon, pixels) + l1_weight * F.l1_loss(recon, pixels)
+            rec_loss = weighted_reconstruction(recon, pixels, detail_weight, l1_weight)
             loss = rec_loss + sum(losses.values())
+            if consistency is not None:
+                loss = loss + reader_weight * consistency(recon, specs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -227,13 +255,31 @@ def train_vq(out: str | Path, *, seed: int = 0, steps: int = 300, batch_size: in
     metrics = ev.vq_metrics(saved, seed, eval_test)
     metrics[f"psnr_db@{ev.CHECK_VQ}"] = ev.vq_metrics(saved, seed, ev.CHECK_VQ)["psnr_db"]  # what the tests recompute
     metrics["train_codebook_usage"] = vq.quantize.usage()
+    roundtrip = lambda px: saved.decode(codes=saved.encode(px)[1])  # noqa: E731
+    metrics.update(_reader_metrics(roundtrip, seed, eval_test, size, reader, judge))
     card = _card(VQ_NAME, out, env, seed, metrics, steps, batch_size,
-                 f"PSNR (mean over images, [0, 1] scale) and codebook usage on {eval_test} fresh test renders")
+                 f"PSNR (mean over images, [0, 1] scale), codebook usage and the attribute reader's reading of "
+                 f"decode(encode(x)) (reader_*; judge_*: an independently trained reader) on {eval_test} fresh test "
+                 f"renders; trained with detail weight {detail_weight}, reader weight {reader_weight}")
     assert card["sha256"] == digest
     return card
 
 
 # ----------------------------------------------------------------------------- cards and entries
+
+
+def _reader_metrics(images: Any, seed: int, n_test: int, size: int, reader: str, judge: str | None) -> dict[str, float]:
+    """reader_* (and judge_*) accuracies of the attribute reader(s) on `images(pixels)` of fresh test renders."""
+    from datamodules.smartwatch.reader import load_reader, resolve_reader_path
+
+    out: dict[str, float] = {}
+    for prefix, path in (("reader", reader), ("judge", judge)):
+        if path:
+            net, _ = load_reader(resolve_reader_path(path))
+            scores = ev.reader_on_images(net, images, seed, n_test, size)
+            out.update({f"{prefix}_{k}": v for k, v in scores.items()})
+    return out
+
 
 
 def _card(name: str, weights: Path, env: dict[str, Any], seed: int, metrics: dict[str, float], steps: int,
@@ -276,8 +322,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="any keyword of train_siglip/train_vq, value as JSON (e.g. --set reader_weight=0.2 "
+                             "--set 'overrides={\"channels\": 24}')")
     args = parser.parse_args(argv)
     kwargs = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=JSON")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value  # a bare string (a path)
     train = train_siglip if args.which == "siglip" else train_vq
     card = train(args.out, seed=args.seed, threads=args.threads, **kwargs)
     print(json.dumps(card, indent=2))

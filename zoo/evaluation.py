@@ -9,13 +9,14 @@ not depend on batch size (tested).
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from zoo.generate import GenerationConfig, decode_images, generate
+from zoo.generate import GenerationConfig, decode_images, generate, generate_images
 from zoo.metrics import code_accuracy, feature_cosine, nearest_target, retrieval_chance, retrieval_top1
+from zoo.processor import unconditional_turn
 from zoo.sample import IMAGE_MARKER, Sample
 
 UNDERSTANDING = ("vqa", "caption", "text")
@@ -55,13 +56,16 @@ def evaluate_samples(model, samples: list[Sample], config: GenerationConfig) -> 
     generation = [s for s in samples if s.task == "generation"] if model.output_space is not None else []
     if generation:
         batch = _to_device(_image_prompt(model, generation), model.device)
-        image_cfg = GenerationConfig(**{**asdict(config), "max_new_tokens": 0, "max_images": 1})
-        out = generate(model, batch, image_cfg, start_in_image=True)
+        unconditional = None
+        if config.guidance_scale != 1.0:  # the same samples without their description (classifier-free guidance)
+            nulls = [replace(s, turns=[unconditional_turn(s.turns[0]), *s.turns[1:]]) for s in generation]
+            unconditional = _to_device(_image_prompt(model, nulls), model.device)
+        written = generate_images(model, batch, config, unconditional)
         space = model.output_space
         pixels = torch.stack([space.preprocess(s.images[-1]) for s in generation]).to(model.device)
         target_features, target_codes = space.encode(pixels)
         for i, sample in enumerate(generation):
-            tokens = out.images[i][0] if out.images[i] else None
+            tokens = written[i]
             record = {"task": "generation", "prompt": sample.turns[0]["content"], "attrs": _plain(sample.attrs),
                       "tokens": tokens.cpu() if tokens is not None else None,
                       "target": (target_codes[i] if space.discrete else target_features[i]).cpu()}

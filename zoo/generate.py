@@ -26,6 +26,8 @@ class GenerationConfig:
     top_k: int = 0
     top_p: float = 1.0
     image_temperature: float = 0.0
+    image_top_k: int = 0
+    guidance_scale: float = 1.0
     use_cache: bool = True
     seed: int | None = None
 
@@ -111,7 +113,9 @@ def generate(
         token = torch.where(close_image, torch.full_like(token, tok["eoi"]), token)
         step_embed = backbone.embed_tokens(token.unsqueeze(1)).squeeze(1)
         if n_image and in_image.any():
-            value, image_embed = model.next_image_token(last, sample=cfg.image_temperature > 0, temperature=cfg.image_temperature)
+            value, image_embed = model.next_image_token(last, sample=cfg.image_temperature > 0, temperature=cfg.image_temperature,
+                                                        index=image_step.clamp(min=0), top_k=cfg.image_top_k,
+                                                        generator=generator)
             step_embed = torch.where(in_image.unsqueeze(-1), image_embed.to(step_embed.dtype), step_embed)
             image_masks.append(in_image)
             image_values.append(value)
@@ -161,3 +165,44 @@ def decode_images(model: UnifiedVLM, tokens: list[torch.Tensor]) -> torch.Tensor
         return None
     stacked = torch.stack(tokens)
     return space.decode(codes=stacked) if space.discrete else space.decode(features=stacked)
+
+
+@torch.no_grad()
+def generate_images(model: UnifiedVLM, batch: dict[str, Any], config: GenerationConfig | None = None,
+                    unconditional: dict[str, Any] | None = None) -> torch.Tensor:
+    """Write one image after each left-padded prompt ending in `<boi>`: image tokens [B, N, D] or codes [B, N].
+
+    With `unconditional` (the same samples prompted without their description) and `guidance_scale` != 1,
+    each step uses classifier-free guidance: prediction = uncond + scale x (cond - uncond), on code logits
+    or on continuous features (LlamaGen / MAR guide logits the same way). Both prompts keep their own KV cache.
+    """
+    cfg = config or GenerationConfig()
+    backbone, n_image = model.backbone, model.output_space.num_tokens
+    guided = unconditional is not None and cfg.guidance_scale != 1.0
+    generator = torch.Generator(device=batch["input_ids"].device).manual_seed(cfg.seed) if cfg.seed is not None else None
+    streams = []
+    for prompt in [batch, unconditional] if guided else [batch]:
+        mask = prompt["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden, cache = backbone.hidden_states(model.embed_inputs(prompt), mask, positions, cache=backbone.new_cache(),
+                                               use_cache=True)
+        streams.append({"last": hidden[:, -1], "cache": cache, "mask": mask, "next": positions[:, -1] + 1})
+    values = []
+    for k in range(n_image):
+        prediction = model.head(streams[0]["last"])
+        if guided:
+            uncond = model.head(streams[1]["last"])
+            prediction = uncond + cfg.guidance_scale * (prediction - uncond)
+        index = torch.full((prediction.shape[0],), k, dtype=torch.long, device=prediction.device)
+        value, embed = model.choose_image_token(prediction, sample=cfg.image_temperature > 0,
+                                                temperature=cfg.image_temperature, index=index,
+                                                top_k=cfg.image_top_k, generator=generator)
+        values.append(value)
+        if k == n_image - 1:
+            break
+        for stream in streams:
+            stream["mask"] = torch.cat([stream["mask"], stream["mask"].new_ones(len(value), 1)], 1)
+            hidden, stream["cache"] = backbone.hidden_states(embed.unsqueeze(1), stream["mask"], stream["next"].unsqueeze(1),
+                                                             cache=stream["cache"], use_cache=True)
+            stream["last"], stream["next"] = hidden[:, -1], stream["next"] + 1
+    return torch.stack(values, 1)

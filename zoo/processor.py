@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from zoo.backbone import LanguageBackbone
 
 IGNORE_INDEX = -100
+# The null condition of classifier-free guidance: any fixed request works; it only has to be the same in
+# training (condition dropout) and at inference (the unconditional stream of `generate_images`).
+UNCONDITIONAL_PROMPT = "generate an image."
 
 
 class UnifiedProcessor:
@@ -37,6 +41,7 @@ class UnifiedProcessor:
         output_space: ImageSpace | None = None,
         max_length: int = 2048,
         code_cache: CodeCache | None = None,
+        condition_dropout: float = 0.0,
     ) -> None:
         missing = {"image", "boi", "image_out", "eoi", "pad"} - set(token_ids)
         if missing:
@@ -51,6 +56,7 @@ class UnifiedProcessor:
         self.output_space = output_space
         self.max_length = max_length
         self.code_cache = code_cache
+        self.condition_dropout = condition_dropout
 
     @classmethod
     def from_backbone(
@@ -69,7 +75,7 @@ class UnifiedProcessor:
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         """Collate training samples: right-padded input_ids / attention_mask / labels [B, T] plus images."""
-        rows = [self._encode(s, s.turns, False, _describe(s, i)) for i, s in enumerate(samples)]
+        rows = [self._encode(s, self._maybe_unconditional(s), False, _describe(s, i)) for i, s in enumerate(samples)]
         batch = self._pad([r[0] for r in rows], [r[1] for r in rows], left=False)
         batch.update(self._images(rows))
         batch["tasks"] = [s.task for s in samples]
@@ -94,6 +100,16 @@ class UnifiedProcessor:
         batch["tasks"] = [s.task for s in samples]
         batch["attrs"] = [s.attrs for s in samples]
         return batch
+
+    def _maybe_unconditional(self, sample: Sample) -> list[dict[str, str]]:
+        """The turns, with a text-to-image request replaced by `UNCONDITIONAL_PROMPT` for a `condition_dropout`
+        share of generation samples (chosen by a hash of the request: the same samples every epoch and run)."""
+        turns = sample.turns
+        if self.condition_dropout <= 0 or sample.task != "generation" or IMAGE_MARKER in turns[0]["content"]:
+            return turns
+        if zlib.crc32(turns[0]["content"].encode()) % 10_000 >= self.condition_dropout * 10_000:
+            return turns
+        return [unconditional_turn(turns[0]), *turns[1:]]
 
     def decode_text(self, ids: torch.Tensor | list[int]) -> str:
         """Token ids -> text without special tokens (image tokens, pad, eos)."""
@@ -220,3 +236,8 @@ def _content_key(image: Image.Image) -> str:
     digest = hashlib.sha1(f"{image.mode}:{image.size}:".encode())
     digest.update(image.tobytes())
     return "sha1:" + digest.hexdigest()
+
+
+def unconditional_turn(turn: dict[str, str]) -> dict[str, str]:
+    """A user turn whose request is replaced by the null condition of classifier-free guidance."""
+    return {**turn, "content": UNCONDITIONAL_PROMPT}

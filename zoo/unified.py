@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from zoo.adapters import ProjectorKind, make_head, make_projector
+from zoo.adapters import GridPositionEmbedding, ImagePositions, ProjectorKind, make_head, make_projector
 from zoo.backbone import LanguageBackbone
 from zoo.config import Configurable, build
 from zoo.objectives import IGNORE_INDEX, ImageLossKind, image_token_loss, per_group_mean, text_cross_entropy
@@ -54,6 +54,12 @@ class UnifiedVLM(Configurable, L.LightningModule):
         eval_max_new_tokens: int = 128,
         eval_temperature: float = 0.0,
         init_from: str | None = None,
+        image_positions: ImagePositions = "none",
+        feedback_noise: float = 0.0,
+        condition_dropout: float = 0.0,
+        eval_guidance_scale: float = 1.0,
+        eval_image_temperature: float = 0.0,
+        eval_image_top_k: int = 0,
     ) -> None:
         super().__init__()
         spec = self.spec()
@@ -88,12 +94,27 @@ class UnifiedVLM(Configurable, L.LightningModule):
                 # features, kept here (0 = unknown: older checkpoints feed back the raw prediction).
                 self.register_buffer("written_feature_norm", torch.zeros(()))
         self.alpha = alpha
-        context = self.backbone.max_positions
+        if image_positions not in ("none", "grid"):
+            raise ValueError(f"image_positions must be 'none' or 'grid', got {image_positions!r}")
+        if image_positions == "grid":  # the 2-D place of read and written image tokens (zoo.adapters)
+            if self.input_space is not None:
+                self.read_positions = GridPositionEmbedding(self.input_space.num_tokens, hidden)
+            if self.output_space is not None:
+                self.write_positions = GridPositionEmbedding(self.output_space.num_tokens, hidden)
+        if feedback_noise < 0 or not 0 <= condition_dropout < 1:
+            raise ValueError(f"feedback_noise must be >= 0 and condition_dropout in [0, 1), got {feedback_noise}, "
+                             f"{condition_dropout}")
+        # Teacher forcing feeds back true features; free-running generation feeds back the model's own,
+        # which are off by the model's error. Noise of this relative size on the fed-back continuous features
+        # (training only) teaches the model to continue from imperfect inputs.
+        self.feedback_noise = feedback_noise
         if max_length is not None and context and max_length > context:
             raise ValueError(f"max_length {max_length} exceeds the language model's context of {context} positions")
         # Kept as attributes: hparams hold only what the outermost class recorded (variants pass **kwargs).
         self.optim_settings = {"lr": lr, "projector_lr": projector_lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio}
-        self.eval_settings = {"max_new_tokens": eval_max_new_tokens, "temperature": eval_temperature}
+        self.eval_settings = {"max_new_tokens": eval_max_new_tokens, "temperature": eval_temperature,
+                              "guidance_scale": eval_guidance_scale, "image_temperature": eval_image_temperature,
+                              "image_top_k": eval_image_top_k}
         self.max_length = max_length or self.backbone.max_positions
         if init_from:
             self.load_matching_weights(init_from)
@@ -104,6 +125,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
             output_space=self.output_space,
             max_length=self.max_length,
             code_cache=self._make_code_cache(cache_codes, cache_features) if cache_codes or cache_features else None,
+            condition_dropout=condition_dropout,
         )
 
     # ----------------------------------------------------------------------------- forward pass
@@ -160,7 +182,10 @@ class UnifiedVLM(Configurable, L.LightningModule):
             features = space.embed_codes(batch["und_codes"])
         else:
             features, _ = space.encode(batch["und_pixels"])
-        return self.und_projector(features).flatten(0, 1)
+        embeds = self.und_projector(features)
+        if hasattr(self, "read_positions"):
+            embeds = self.read_positions(embeds)
+        return embeds.flatten(0, 1)
 
     def encode_written_images(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(teacher-forcing embeddings [M, H], targets [M, D] features or [M] codes) for written images."""
@@ -172,28 +197,61 @@ class UnifiedVLM(Configurable, L.LightningModule):
         else:
             features, codes = space.encode(batch["gen_pixels"])
         if space.discrete:
-            return self.gen_projector(space.embed_codes(codes)).flatten(0, 1), codes.flatten()
-        return self.gen_projector(features).flatten(0, 1), features.flatten(0, 1).detach()
+            return self._place(self.gen_projector(space.embed_codes(codes))).flatten(0, 1), codes.flatten()
+        fed = features
+        if self.training and self.feedback_noise > 0:
+            scale = features.detach().pow(2).mean(-1, keepdim=True).sqrt()  # per-token RMS
+            fed = features + self.feedback_noise * scale * torch.randn_like(features)
+        return self._place(self.gen_projector(fed)).flatten(0, 1), features.flatten(0, 1).detach()
+
+    def _place(self, embeds: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Add the written tokens' 2-D place where the model has one (`image_positions: grid`)."""
+        return self.write_positions(embeds, index) if hasattr(self, "write_positions") else embeds
 
     def image_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-token generation loss [M] of head outputs against targets."""
         return image_token_loss(self.image_loss_kind, prediction, target)
 
-    def next_image_token(self, hidden: torch.Tensor, sample: bool = False, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """From the last hidden states [B, H]: (the image token [B, D] or code [B], its embedding [B, H] to feed back)."""
-        prediction = self.head(hidden)
-        space = self.output_space
-        if space.discrete:
+    def next_image_token(self, hidden: torch.Tensor, sample: bool = False, temperature: float = 1.0,
+                         index: torch.Tensor | None = None, top_k: int = 0,
+                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the last hidden states [B, H]: (the image token [B, D] or code [B], its embedding [B, H] to feed back).
+
+        `index` [B]: which image token of its image each sample writes now (0..N-1), for `image_positions`.
+        """
+        return self.choose_image_token(self.head(hidden), sample, temperature, index, top_k, generator)
+
+    def choose_image_token(self, prediction: torch.Tensor, sample: bool = False, temperature: float = 1.0,
+                           index: torch.Tensor | None = None, top_k: int = 0,
+                           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head outputs [B, K] logits or [B, D] features -> (token, fed-back embedding [B, H]); see `feedback`."""
+        if self.output_space.discrete:
             if sample and temperature > 0:
-                code = torch.multinomial(torch.softmax(prediction.float() / temperature, -1), 1).squeeze(-1)
+                logits = prediction.float() / temperature
+                if top_k > 0:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                token = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
             else:
-                code = prediction.argmax(-1)
-            return code, self.gen_projector(space.embed_codes(code.unsqueeze(1))).squeeze(1)
-        norm = getattr(self, "written_feature_norm", None)
-        if norm is not None:  # where no norm was tracked (0), the raw prediction is fed back
-            rescaled = torch.nn.functional.normalize(prediction, dim=-1) * norm.to(prediction.dtype)
-            prediction = torch.where(norm > 0, rescaled, prediction)
-        return prediction, self.gen_projector(prediction.unsqueeze(1)).squeeze(1)
+                token = prediction.argmax(-1)
+        else:
+            token = prediction
+            norm = getattr(self, "written_feature_norm", None)
+            if norm is not None:  # where no norm was tracked (0), the raw prediction is fed back
+                rescaled = torch.nn.functional.normalize(prediction, dim=-1) * norm.to(prediction.dtype)
+                token = torch.where(norm > 0, rescaled, prediction)
+        return token, self.feedback(token, index)
+
+    def feedback(self, token: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The LM input [B, H] for a written image token (code [B] or features [B, D]) at token `index` [B]."""
+        space = self.output_space
+        features = space.embed_codes(token.unsqueeze(1)) if space.discrete else token.unsqueeze(1)
+        embeds = self.gen_projector(features).squeeze(1)
+        if hasattr(self, "write_positions"):
+            if index is None:
+                raise ValueError("feedback: this model places written tokens (image_positions: grid); pass index")
+            embeds = self._place(embeds, index)
+        return embeds
 
     # ----------------------------------------------------------------------------- training loop
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
