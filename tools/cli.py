@@ -28,6 +28,10 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "bench": "tools.bench:bench",
     "generate": "tools.generate:generate",
     "quickstart": "tools.quickstart:quickstart",
+    "measure": {
+        "spaces": "tools.measure:spaces",
+        "generation": "tools.measure:generation",
+    },
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 

@@ -315,7 +315,7 @@ def zoo_entry(card: dict[str, Any], command: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """`python -m tools.train_spaces siglip|vq --out PATH [--entry JSON] [--steps N] [--seed S]`."""
     parser = argparse.ArgumentParser(prog="python -m tools.train_spaces", description=__doc__.split("\n")[0])
-    parser.add_argument("which", choices=("siglip", "vq"))
+    parser.add_argument("which", choices=("siglip", "vq", "decoder"))
     parser.add_argument("--out", required=True, help="folder (siglip) or .safetensors file (vq) to write")
     parser.add_argument("--entry", help="also write the zoo entry JSON here (e.g. zoo/assets/weights/NAME.json)")
     parser.add_argument("--seed", type=int, default=0)
@@ -335,7 +335,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             kwargs[key] = json.loads(value)
         except json.JSONDecodeError:
             kwargs[key] = value  # a bare string (a path)
-    train = train_siglip if args.which == "siglip" else train_vq
+    from tools.train_pixel_decoder import train_decoder
+
+    train = {"siglip": train_siglip, "vq": train_vq, "decoder": train_decoder}[args.which]
     card = train(args.out, seed=args.seed, threads=args.threads, **kwargs)
     print(json.dumps(card, indent=2))
     if args.entry:

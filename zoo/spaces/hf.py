@@ -9,8 +9,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from zoo.hub import resolve_weights
+from zoo.hub import hub_load_kwargs, resolve_weights, upstream_errors
 from zoo.spaces._common import FrozenSpace, check_divisible, check_pixels
+from zoo.spaces.pixel_decoder import PixelDecoderMixin
 
 
 def import_class(path: str) -> type:
@@ -48,7 +49,7 @@ def prefix_token_count(model: nn.Module) -> int:
     raise ValueError(f"{type(model).__name__}: no embeddings module with num_patches/num_positions found")
 
 
-class HFVisionSpace(FrozenSpace):
+class HFVisionSpace(PixelDecoderMixin, FrozenSpace):
     """Hidden states of one layer of a transformers vision model: features [B, N, hidden_size], no codes."""
 
     discrete = False
@@ -64,8 +65,17 @@ class HFVisionSpace(FrozenSpace):
         std: list[float] | None = None,
         seed: int = 0,
         trainable: bool = False,
+        pixel_decoder: str | None = None,
+        revision: str | None = None,
     ) -> None:
-        """Load `pretrained` (hub id or folder) or build a random model from `config` kwargs."""
+        """Load `pretrained` (hub id or folder) or build a random model from `config` kwargs.
+
+        `revision`: the hub commit of `pretrained` to load (zoo entries pin one); ignored for folders.
+        Offline, a hub model missing from the cache raises `WeightsNotFoundError` with one line.
+
+        `pixel_decoder`: a `zoo.spaces.pixel_decoder` file (path or `zoo:NAME`) trained on this layer's tokens;
+        it gives the space `decode(features)`, so written features can be looked at and read back.
+        """
         super().__init__()
         name = f"HFVisionSpace({model_class})"
         if features not in ("patch", "cls_patch"):
@@ -80,13 +90,14 @@ class HFVisionSpace(FrozenSpace):
             source = resolve_weights(pretrained)
             # `zoo:NAME` resolves to the weights file of a Hugging Face folder: transformers loads the folder.
             source = os.path.dirname(source) if os.path.isfile(source) else source
-            self.model = cls.from_pretrained(source)
+            with upstream_errors(source, revision):
+                self.model = cls.from_pretrained(source, **hub_load_kwargs(source, revision))
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.model = cls(config_cls(**(config or {})))
         cfg = self.model.config
-        self.pretrained, self.layer, self.features = pretrained, layer, features
+        self.pretrained, self.revision, self.layer, self.features = pretrained, revision, layer, features
         image_size, patch = int(cfg.image_size), int(cfg.patch_size)
         check_divisible(image_size, patch, "patch size", name)
         n_layers = int(cfg.num_hidden_layers)
@@ -100,20 +111,22 @@ class HFVisionSpace(FrozenSpace):
         self.num_tokens = grid * grid + (self.prefix_tokens if features == "cls_patch" else 0)
         self.dim = int(cfg.hidden_size)
         if mean is None or std is None:
-            mean, std = self._default_mean_std(source if pretrained is not None else None, cfg, name, mean, std)
+            mean, std = self._default_mean_std(source if pretrained is not None else None, cfg, name, mean, std,
+                                               revision)
         self._setup_pixels(image_size, mean, std)
+        self._attach_pixel_decoder(pixel_decoder, layer)
         self._set_trainable(trainable)
 
     @staticmethod
     def _default_mean_std(pretrained: str | None, cfg: Any, name: str, mean: list[float] | None,
-                          std: list[float] | None) -> tuple[list[float], list[float]]:
+                          std: list[float] | None, revision: str | None = None) -> tuple[list[float], list[float]]:
         """The checkpoint's image processor values when available, else the family defaults."""
         found = None
         if pretrained is not None:
             from transformers import AutoImageProcessor
 
             try:
-                proc = AutoImageProcessor.from_pretrained(pretrained)
+                proc = AutoImageProcessor.from_pretrained(pretrained, **hub_load_kwargs(pretrained, revision))
                 found = (list(proc.image_mean), list(proc.image_std))
             except (OSError, ValueError, AttributeError) as err:
                 warnings.warn(f"{name}: no image processor config for {pretrained} ({err}); using family defaults",

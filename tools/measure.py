@@ -1,0 +1,188 @@
+"""`unizoo measure`: where a unified model's bottleneck is, measured on fresh smart-watch renders.
+
+* `spaces RECIPE...`: per recipe, what the tokens its LM *reads* keep (linear probes per attribute on the
+  flattened tokens, fitted on val renders, scored on test renders) and what its *written* space keeps (the
+  attribute reader on decode(encode(x)): VQ reconstructions or a continuous space's pixel decoder).
+* `generation RUN`: for a trained run, generation fidelity per image-token position, teacher-forced (the
+  true previous tokens fed) vs free-running (its own), as code accuracy (discrete) or cosine (continuous),
+  with a heat map over the image grid (code accuracy by region).
+
+Both write JSON (and PNGs) to `--out` and print a table.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tools import space_eval as ev
+
+DEFAULT_OUT = "runs/measure"
+
+
+def _space_encoder(space: Any, size: int):
+    """pixels in [-1, 1] at `size` -> the features the LM gets from `space` (re-rendered in the space's convention)."""
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        unit = (pixels + 1) / 2
+        mean = torch.tensor(space.mean).view(1, 3, 1, 1) if hasattr(space, "mean") else 0.5
+        std = torch.tensor(space.std).view(1, 3, 1, 1) if hasattr(space, "std") else 0.5
+        if unit.shape[-1] != space.image_size:
+            unit = torch.nn.functional.interpolate(unit, size=space.image_size, mode="bicubic", antialias=True)
+        features, codes = space.encode((unit - mean) / std)
+        return space.embed_codes(codes) if codes is not None else features
+    return encode
+
+
+def _roundtrip(space: Any):
+    """pixels in [-1, 1] -> decode(encode(x)) back in [-1, 1], or None where the space cannot decode."""
+    if not getattr(space, "can_decode", False):
+        return None
+
+    def roundtrip(pixels: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(getattr(space, "mean", [0.5] * 3)).view(1, 3, 1, 1)
+        std = torch.tensor(getattr(space, "std", [0.5] * 3)).view(1, 3, 1, 1)
+        x = (pixels + 1) / 2
+        features, codes = space.encode((x - mean) / std)
+        out = space.decode(codes=codes) if space.discrete else space.decode(features=features)
+        return (out * std + mean) * 2 - 1
+    return roundtrip
+
+
+@torch.no_grad()
+def spaces(recipes: list[str], images: int = 500, fit: int = 1500, seed: int = 0, out: str = DEFAULT_OUT,
+           reader: str = "zoo/assets/readers/reader-64.safetensors", threads: int = 0) -> dict[str, Any]:
+    """Probe the read tokens and read back the written space of each recipe's model (fresh val/test renders)."""
+    from datamodules.smartwatch.reader import load_reader, resolve_reader_path
+    from tools.lightning_cli import load_recipe
+    from zoo.config import build
+
+    if threads:
+        torch.set_num_threads(threads)
+    judge, _ = load_reader(resolve_reader_path(reader))
+    results: dict[str, Any] = {}
+    for recipe in recipes:
+        model = build(load_recipe(recipe)["model"]).eval()
+        row: dict[str, Any] = {}
+        if model.input_space is not None:
+            size = model.input_space.image_size
+            probes = ev.token_probe_accuracies(_space_encoder(model.input_space, size), seed, size, fit, images)
+            row["read"] = {k.replace("token_probe_", ""): v for k, v in probes.items()}
+        if model.output_space is not None:
+            roundtrip = _roundtrip(model.output_space)
+            row["written"] = (ev.reader_on_images(judge, roundtrip, seed, images, model.output_space.image_size)
+                              if roundtrip is not None else "no pixel decoder")
+        results[recipe] = row
+        print(_format_row(recipe, row), flush=True)
+    _write(out, "spaces.json", {"protocol": {"probe_fit_val": fit, "test_images": images, "seed": seed,
+                                             "reader": reader}, "results": results})
+    return results
+
+
+def _format_row(recipe: str, row: dict[str, Any]) -> str:
+    read = row.get("read", {})
+    written = row.get("written", {})
+    parts = [Path(recipe).stem]
+    if read:
+        parts.append("read probes " + " ".join(f"{k} {v:.2f}" for k, v in read.items()))
+    if isinstance(written, dict) and written:
+        keys = ("hour", "minute_within_1", "weather", "weather_pos", "battery_pos", "battery_mae")
+        parts.append("written (reader) " + " ".join(f"{k} {written[k]:.2f}" for k in keys))
+    elif written:
+        parts.append(f"written: {written}")
+    return " | ".join(parts)
+
+
+def _write(out: str, name: str, payload: dict[str, Any]) -> Path:
+    from zoo.hub_files import atomic_write_text
+
+    path = Path(out) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
+    return path
+
+
+@torch.no_grad()
+def generation(run: str, images: int = 100, seed: int = 0, out: str = DEFAULT_OUT, threads: int = 0) -> dict[str, Any]:
+    """Teacher-forced vs free-running fidelity per written image-token position of a run's model."""
+    from datamodules.smartwatch.source import SmartWatchSource
+    from tools.probe import _watch_source, find_checkpoint
+    from tools.generate import load_model
+    from zoo.evaluation import _image_prompt
+    from zoo.generate import generate_images
+
+    if threads:
+        torch.set_num_threads(threads)
+    path = find_checkpoint(run)
+    model = load_model(path).eval()
+    space = model.output_space
+    if space is None:
+        raise ValueError(f"measure generation: {run} writes no images")
+    data_seed, size = _watch_source(Path(run), model)
+    source = SmartWatchSource(train=1, val=1, test=images * 3, seed=data_seed, size=size)
+    samples = [s for s in (source.sample("test", i) for i in range(images * 3)) if s.task == "generation"][:images]
+    teacher, free = [], []
+    for start in range(0, len(samples), 25):
+        chunk = samples[start:start + 25]
+        batch = model.processor(chunk)
+        targets, predictions = _teacher_forced(model, batch)
+        written = generate_images(model, _image_prompt(model, chunk))
+        if space.discrete:
+            teacher.append((predictions == targets).float())
+            free.append((written == targets).float())
+        else:
+            teacher.append(feature_cosine_tokens(predictions, targets))
+            free.append(feature_cosine_tokens(written.float(), targets))
+    tf, fr = torch.cat(teacher).mean(0), torch.cat(free).mean(0)
+    metric = "code_accuracy" if space.discrete else "cosine"
+    result = {"run": str(run), "checkpoint": str(path), "metric": metric, "images": len(samples),
+              "teacher_forced_mean": float(tf.mean()), "free_running_mean": float(fr.mean()),
+              "teacher_forced_per_position": [round(float(v), 4) for v in tf],
+              "free_running_per_position": [round(float(v), 4) for v in fr]}
+    name = Path(run).name if Path(run).is_dir() else Path(run).stem
+    _write(out, f"generation-{name}.json", result)
+    _heatmaps(tf, fr, metric, Path(out) / f"generation-{name}.png")
+    print(f"{name}: {metric} teacher-forced {result['teacher_forced_mean']:.3f} vs free-running "
+          f"{result['free_running_mean']:.3f} over {len(samples)} test prompts; first/last quarter of positions "
+          f"free-running {float(fr[: len(fr) // 4].mean()):.3f} / {float(fr[-len(fr) // 4:].mean()):.3f}")
+    return result
+
+
+def feature_cosine_tokens(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine per token [B, N] of features [B, N, D]."""
+    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
+
+
+def _teacher_forced(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets [B, N] codes or [B, N, D] features, teacher-forced predictions of the same shape)."""
+    ids = batch["input_ids"]
+    embeds = model.embed_inputs(batch)
+    write_pos = ids == model.backbone.token_ids["image_out"]
+    teacher, targets = model.encode_written_images(batch)
+    embeds = embeds.masked_scatter(write_pos.unsqueeze(-1), teacher.to(embeds.dtype))
+    hidden, _ = model.backbone.hidden_states(embeds, batch["attention_mask"])
+    predicted = model.head(hidden[:, :-1][write_pos[:, 1:]])
+    n = model.output_space.num_tokens
+    if model.output_space.discrete:
+        return targets.view(-1, n), predicted.argmax(-1).view(-1, n)
+    return targets.view(-1, n, targets.shape[-1]), predicted.view(-1, n, predicted.shape[-1])
+
+
+def _heatmaps(teacher: torch.Tensor, free: torch.Tensor, metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    side = int(round(math.sqrt(len(teacher))))
+    shape = (side, side) if side * side == len(teacher) else (1, len(teacher))
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.4))
+    for ax, values, title in ((axes[0], teacher, "teacher-forced"), (axes[1], free, "free-running")):
+        image = ax.imshow(values.view(shape).numpy(), vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(f"{title}: {metric} {float(values.mean()):.2f}")
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(image, ax=axes, shrink=0.8)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
