@@ -63,7 +63,8 @@ def test_upstream_entries_are_registered():
     siglip = registry.get_entry("siglip-b16-224")
     assert siglip.kind == "upstream" and siglip.class_path == "zoo.spaces.hf.HFVisionSpace"
     assert siglip.init_args == {"model_class": "transformers.SiglipVisionModel",
-                                "pretrained": "google/siglip-base-patch16-224", "layer": -2}
+                                "pretrained": "google/siglip-base-patch16-224", "layer": -2,
+                                "revision": siglip.revision}  # the pinned commit (tests/test_upstream_pinning.py)
     assert registry.get_entry("vicuna-7b-v1.5").init_args["train_mode"] == "lora"
     vq = registry.get_entry("llamagen-vq16")
     assert vq.weights is not None and vq.weights.sha256 is None and "first use" in vq.card.notes

@@ -62,9 +62,17 @@ def pull(name: str, offline: bool = False) -> None:
     from huggingface_hub import snapshot_download
 
     # Only what a model needs: no pickled weights, no remote code.
-    folder = snapshot_download(entry.upstream_id, local_files_only=offline or hub.offline_reason() is not None,
-                               allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
-    print(f"{folder}\n(upstream snapshot of {entry.upstream_id}; Hugging Face verifies its own files)")
+    local_only = offline or hub.offline_reason() is not None
+    try:
+        folder = snapshot_download(entry.upstream_id, revision=entry.revision, local_files_only=local_only,
+                                   allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except OSError as err:
+        if not local_only:
+            raise
+        reason = hub.offline_reason(True if offline else None)
+        raise hub.WeightsNotFoundError(hub.upstream_offline_message(entry.upstream_id, entry.revision, reason)) from err
+    pinned = f"commit {entry.revision}" if entry.revision else "unpinned: the repo's current main"
+    print(f"{folder}\n(upstream snapshot of {entry.upstream_id}, {pinned}; Hugging Face verifies its own files)")
 
 
 def publish(run: str, name: str, to: str, description: str = "",

@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.cache_utils import Cache, DynamicCache
 
 from zoo.config import Configurable, resolve_asset
+from zoo.hub import hub_load_kwargs, upstream_errors
 from zoo.tokenizer import add_image_tokens, tokenize_conversation
 
 TrainMode = Literal["full", "lora", "frozen"]
@@ -22,7 +23,8 @@ class LanguageBackbone(Configurable, nn.Module):
 
     Build from `model` (hub id or local path; ``trust_remote_code`` is never used) or from `config`
     (a dict with ``model_type`` and sizes for a seeded random init; ``vocab_size`` defaults to the
-    tokenizer's length). `tokenizer` defaults to `model`.
+    tokenizer's length). `tokenizer` defaults to `model`. `revision` pins the hub commit of `model` (zoo
+    entries set one); offline, a hub model missing from the cache raises `WeightsNotFoundError` (one line).
 
     `train_mode`: ``full`` trains every LM weight; ``lora`` adds peft LoRA adapters (``all-linear`` =
     every linear layer except the output head) and freezes the rest; ``frozen`` trains no LM weight.
@@ -46,6 +48,7 @@ class LanguageBackbone(Configurable, nn.Module):
         attn_implementation: str = "sdpa",
         dtype: str | None = None,
         seed: int = 0,
+        revision: str | None = None,
     ) -> None:
         super().__init__()
         if (model is None) == (config is None):
@@ -55,16 +58,23 @@ class LanguageBackbone(Configurable, nn.Module):
         tokenizer_path = tokenizer or model
         if tokenizer_path is None:
             raise ValueError("LanguageBackbone built from `config` needs `tokenizer` (a hub id or local path)")
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve_asset(tokenizer_path), trust_remote_code=False)
+        tokenizer_path = resolve_asset(tokenizer_path)
+        # `revision` pins the hub commit of `model` (and of its tokenizer when that comes from the same repo).
+        tokenizer_revision = revision if tokenizer is None or tokenizer == model else None
+        with upstream_errors(tokenizer_path, tokenizer_revision):
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=False,
+                                                           **hub_load_kwargs(tokenizer_path, tokenizer_revision))
         self.token_ids: dict[str, int] = add_image_tokens(self.tokenizer)
         torch_dtype = _dtype(dtype)
 
         with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's RNG
             torch.manual_seed(seed)
             if model is not None:
-                lm = AutoModelForCausalLM.from_pretrained(
-                    model, attn_implementation=attn_implementation, dtype=torch_dtype, trust_remote_code=False
-                )
+                with upstream_errors(model, revision):
+                    lm = AutoModelForCausalLM.from_pretrained(
+                        model, attn_implementation=attn_implementation, dtype=torch_dtype, trust_remote_code=False,
+                        **hub_load_kwargs(model, revision),
+                    )
             else:
                 lm = self._from_config(dict(config or {}), attn_implementation, torch_dtype)
             if lm.get_input_embeddings().num_embeddings < len(self.tokenizer):

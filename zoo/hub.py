@@ -29,6 +29,7 @@ The file primitives (sha256, atomic writes and downloads, digest records, state-
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -36,6 +37,7 @@ import urllib.parse
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from zoo.hub_files import (
@@ -54,8 +56,8 @@ from zoo.hub_files import (
 )
 
 __all__ = ["PICKLE_SUFFIXES", "ZOO_PREFIX", "ChecksumError", "DownloadError", "UnsafeCheckpointError",
-           "WeightsNotFoundError", "WeightsSource", "cache_dir", "fetch", "load_state_dict_file",
-           "offline_reason", "resolve_weights", "save_state_dict_file", "sha256_file"]
+           "WeightsNotFoundError", "WeightsSource", "cache_dir", "fetch", "hub_load_kwargs", "load_state_dict_file",
+           "offline_reason", "resolve_weights", "save_state_dict_file", "sha256_file", "upstream_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +296,55 @@ def _from_hf(source: WeightsSource, *, local_only: bool = False) -> Path | None:
         blob.unlink(missing_ok=True)
         raise ChecksumError(path, expected, actual, why)
     return path
+
+
+# ----------------------------------------------------------------------------- upstream hub models
+
+
+def is_hub_id(value: str) -> bool:
+    """True for a Hugging Face repo id ("org/name"), False for a local file or folder."""
+    return bool(value) and not os.path.exists(value) and value.count("/") <= 1 and not value.startswith((".", "/", "~"))
+
+
+def hub_load_kwargs(value: str, revision: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for a transformers `from_pretrained(value, ...)` of an upstream model.
+
+    `revision` (a commit hash, pinned in the zoo entry) is passed for hub ids only; offline mode
+    (`UNIZOO_OFFLINE=1` as well as `HF_HUB_OFFLINE=1`) asks for the local cache only, so nothing is contacted.
+    """
+    if not is_hub_id(value):
+        return {}
+    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    if offline_reason() is not None:
+        kwargs["local_files_only"] = True
+    return kwargs
+
+
+def upstream_offline_message(repo_id: str, revision: str | None, reason: str) -> str:
+    """The one-line "not in cache, offline" message, as `fetch` gives for zoo files."""
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        HF_HUB_CACHE = "Hugging Face's cache"
+    where = os.environ.get("HF_HUB_CACHE") or HF_HUB_CACHE
+    return (f"{repo_id} (hf:{repo_id}@{revision or 'main'}) is not in cache and offline mode is on ({reason}); "
+            f"looked in {where}; download it online first (`unizoo zoo pull` of its zoo entry, or any "
+            f"from_pretrained of {repo_id}), or point the config at a local copy")
+
+
+@contextlib.contextmanager
+def upstream_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
+    """Turn the OSError transformers / huggingface_hub raise for an upstream model missing offline into
+    `WeightsNotFoundError` with the one-line message zoo files get (`upstream_offline_message`)."""
+    try:
+        yield
+    except WeightsNotFoundError:
+        raise
+    except OSError as err:
+        reason = offline_reason()
+        if reason is None or not is_hub_id(repo_id):
+            raise
+        raise WeightsNotFoundError(upstream_offline_message(repo_id, revision, reason)) from err
 
 
 # ----------------------------------------------------------------------------- weights references

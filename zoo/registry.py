@@ -61,6 +61,9 @@ class ZooEntry:
     weights: WeightsSource | None = None
     card: ModelCard = field(default_factory=ModelCard)
     upstream_id: str | None = None  # hub id of an upstream component the class loads itself
+    # The commit of `upstream_id` the entry loads (also in init_args, which pass it to from_pretrained);
+    # None where no commit is pinned (the card's notes say why).
+    revision: str | None = None
     description: str = ""
     partial: bool = False  # the weights file may leave some of the model's keys out
     state_prefix: str = ""  # put before every key of the weights file (upstream files of a sub-module)
@@ -74,6 +77,9 @@ class ZooEntry:
             raise ValueError(f"zoo entry {self.name!r}: class_path {self.class_path!r} must be 'module.Class'")
         if not isinstance(self.init_args, dict):
             raise ValueError(f"zoo entry {self.name!r}: init_args must be a dict")
+        if self.revision is not None and (len(self.revision) != 40
+                                          or any(c not in "0123456789abcdef" for c in self.revision)):
+            raise ValueError(f"zoo entry {self.name!r}: revision {self.revision!r} must be a full 40-hex commit hash")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (weights fields left at None are dropped)."""
@@ -245,14 +251,17 @@ def entries_table_markdown(pattern: str = "*") -> str:
 
 def _weights_cell(entry: ZooEntry) -> str:
     if entry.weights is None:
-        return f"upstream `{entry.upstream_id}`" if entry.upstream_id else "-"
+        if not entry.upstream_id:
+            return "-"
+        return f"upstream `{entry.upstream_id}`" + (f" @ `{entry.revision[:10]}`" if entry.revision else " (unpinned)")
     size = entry.weights.size
     if size is None and entry.weights.package_file:
         resource = resources.files("zoo").joinpath(*entry.weights.package_file.split("/"))
         if resource.is_file():
             with resources.as_file(resource) as local:
                 size = local.stat().st_size
-    return entry.weights.describe() + (f" ({_human(size)})" if size is not None else "")
+    unpinned = "" if entry.weights.sha256 or entry.weights.package_file else " (no published sha256: trusted on first use)"
+    return entry.weights.describe() + (f" ({_human(size)})" if size is not None else "") + unpinned
 
 
 def _human(size: int) -> str:
@@ -274,6 +283,17 @@ def _cell(text: str) -> str:
 # ----------------------------------------------------------------------------- upstream components
 
 _UPSTREAM_NOTE = "Upstream release loaded through its own hub id; not trained by this project."
+# Commits of the upstream repos, pinned so an upstream re-upload cannot change what an entry loads. They were
+# read off Hugging Face cache snapshot folders (models--ORG--NAME/snapshots/<commit>) quoted in many public
+# repositories, not checked against the hub from here (no network): `unizoo zoo pull NAME` fails loudly
+# (RevisionNotFoundError) if one does not exist.
+UPSTREAM_REVISIONS = {
+    "google/siglip-base-patch16-224": "7fd15f0689c79d79e38b1c2e2e2370a7bf2761ed",
+    "openai/clip-vit-large-patch14-336": "ce19dc912ca5cd21c8a653c79e251e808ccabcd1",
+    "lmsys/vicuna-7b-v1.5": "3321f76e3f527bd14065daf69dad9344000a201d",
+}
+_PINNED_NOTE = (" Pinned to commit {rev} (read off public Hugging Face cache snapshot paths; not verified "
+                "against the hub from the machine that pinned it).")
 
 
 def _register_upstream() -> None:
@@ -283,24 +303,30 @@ def _register_upstream() -> None:
         ("clip-l14-336", "openai/clip-vit-large-patch14-336", "transformers.CLIPVisionModel",
          "CLIP ViT-L/14 vision tower, 336 px, penultimate layer (LLaVA-1.5's encoder)"),
     ):
+        rev = UPSTREAM_REVISIONS[hub_id]
         register(ZooEntry(
             name=name, kind="upstream", class_path="zoo.spaces.hf.HFVisionSpace",
-            init_args={"model_class": model_class, "pretrained": hub_id, "layer": -2},
-            upstream_id=hub_id, description=what, card=ModelCard(notes=_UPSTREAM_NOTE)))
+            init_args={"model_class": model_class, "pretrained": hub_id, "layer": -2, "revision": rev},
+            upstream_id=hub_id, revision=rev, description=what,
+            card=ModelCard(notes=_UPSTREAM_NOTE + _PINNED_NOTE.format(rev=rev))))
+    rev = UPSTREAM_REVISIONS["lmsys/vicuna-7b-v1.5"]
     register(ZooEntry(
         name="vicuna-7b-v1.5", kind="upstream", class_path="zoo.backbone.LanguageBackbone",
-        init_args={"model": "lmsys/vicuna-7b-v1.5", "train_mode": "lora"}, upstream_id="lmsys/vicuna-7b-v1.5",
+        init_args={"model": "lmsys/vicuna-7b-v1.5", "train_mode": "lora", "revision": rev},
+        upstream_id="lmsys/vicuna-7b-v1.5", revision=rev,
         description="Vicuna-7B v1.5 language model (LoRA training), the paper's backbone",
-        card=ModelCard(notes=_UPSTREAM_NOTE)))
+        card=ModelCard(notes=_UPSTREAM_NOTE + _PINNED_NOTE.format(rev=rev))))
     register(ZooEntry(
         name="llamagen-vq16", kind="upstream", class_path="zoo.spaces.vq.VQTokenizer",
         init_args={"variant": "VQ-16", "codebook_size": 16384, "codebook_dim": 8, "image_size": 256},
         weights=WeightsSource(url="https://huggingface.co/FoundationVision/LlamaGen/resolve/main/vq_ds16_c2i.pt"),
         upstream_id="FoundationVision/LlamaGen", state_prefix="model.",  # VQTokenizer holds LlamaGen's VQModel as .model
         description="LlamaGen VQ-16 image tokenizer (16x downsampling, 16384 codes of dim 8), 256 px",
-        card=ModelCard(notes=_UPSTREAM_NOTE + " LlamaGen publishes no sha256 for this file: it is trusted on "
-                       "first use (its digest is recorded in the unizoo cache's tofu.json at the first "
-                       "download and every later copy must match it).")))
+        card=ModelCard(notes=_UPSTREAM_NOTE + " Not pinned: no commit of FoundationVision/LlamaGen and no sha256 "
+                       "of vq_ds16_c2i.pt could be found from here (LlamaGen publishes none), so the file is read "
+                       "from `main` and trusted on first use (its digest is recorded in the unizoo cache's "
+                       "tofu.json at the first download and every later copy must match it). Once known, set "
+                       "the entry's weights.sha256 (and a /resolve/<commit>/ URL).")))
 
 
 _register_upstream()

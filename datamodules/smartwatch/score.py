@@ -1,13 +1,18 @@
 """The study's VQA scoring, its chance levels, and attribute scoring of captions.
 
-VQA (the study's rule): the type comes from the ground truth's format. Time: parse HH:MM:SS from the
-answer, circular errors eh = min(|dh|, 12 - |dh|) (dh taken mod 12, so 0 and 12 o'clock agree and a
-24-hour answer still parses), em and es likewise mod 60; score 1 - (eh/6 + em/30 + es/30)/3. Minutes or
-seconds above 59 do not parse. Battery: parse "N%" with N in 0..100; score 1 - |d|/100. Weather and
-position: 1 if the ground truth occurs in the answer. Anything that does not parse scores 0.
+VQA, the paper's protocol (PAPER.md §6; the default everywhere, `lenient=False`): the type comes from the
+ground truth's format. Time: parse HH:MM:SS (two digits each, not inside a longer number) from the
+answer; circular errors eh = min(|dh|, 12 - |dh|) (dh taken mod 12, so 0 and 12 o'clock agree and a
+24-hour answer reads as its 12-hour hand position), em and es likewise mod 60; score
+1 - (eh/6 + em/30 + es/30)/3. Minutes or seconds above 59 do not parse. Battery: parse "N%" with N in
+0..100; score 1 - |d|/100. Weather and position: 1 if the ground-truth string occurs in the answer,
+case-sensitively. Anything that does not parse scores 0: "3:8:46" is no time and "Cloudy" does not
+contain "cloudy".
 
-Answers decoded by a word-level tokenizer come back spaced ("0 7 : 0 5 : 0 9", "5 7 %", "top - left");
-`normalise` glues them back before parsing.
+`lenient=True` (`unizoo score --lenient`; not the paper's numbers): answers are lowercased and tokenizer
+spacing is undone first (answers decoded by a word-level tokenizer can come back spaced: "0 7 : 0 5 : 0 9",
+"5 7 %", "top - left"), and times with one-digit fields ("3:8:46") parse. Caption scoring (new; the paper
+did not score captions) always reads captions this tolerant way.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from .spec import CORNERS, HOURS, WEATHERS
 
 TYPES = ("time", "weather", "position", "battery")
 _TIME = re.compile(r"(\d{1,2}):(\d{1,2}):(\d{1,2})")
+_PAPER_TIME = re.compile(r"(?<!\d)(\d{2}):(\d{2}):(\d{2})(?!\d)")  # the paper's HH:MM:SS: two digits each
 _BATTERY = re.compile(r"(?<!\d)(\d{1,3})%")
 _EXACT_TIME = re.compile(r"\d{2}:\d{2}:\d{2}")
 _EXACT_BATTERY = re.compile(r"\d{1,3}%")
@@ -50,18 +56,23 @@ def answer_type(ground_truth: str) -> str | None:
     return None
 
 
-def parse_time(text: str) -> tuple[int, int, int] | None:
-    """The first H:M:S in `text` (minutes and seconds < 60), or None."""
-    for match in _TIME.finditer(normalise(text)):
+def parse_time(text: str, lenient: bool = True) -> tuple[int, int, int] | None:
+    """The first time in `text` (minutes and seconds < 60), or None.
+
+    lenient (the default here, as captions are read): H:M:S with one or two digits each, after `normalise`;
+    otherwise the paper's rule: HH:MM:SS with two digits each, in the text as written.
+    """
+    pattern, text = (_TIME, normalise(text)) if lenient else (_PAPER_TIME, str(text))
+    for match in pattern.finditer(text):
         h, m, s = (int(g) for g in match.groups())
         if m < 60 and s < 60:
             return h, m, s
     return None
 
 
-def parse_battery(text: str) -> int | None:
-    """The first "N%" in `text` with N in 0..100, or None."""
-    for match in _BATTERY.finditer(normalise(text)):
+def parse_battery(text: str, lenient: bool = True) -> int | None:
+    """The first "N%" in `text` with N in 0..100, or None (`lenient`: after `normalise`, so "5 7 %" reads 57)."""
+    for match in _BATTERY.finditer(normalise(text) if lenient else str(text)):
         value = int(match.group(1))
         if value <= 100:
             return value
@@ -88,17 +99,21 @@ def battery_score(truth: int, guess: int | None) -> float:
     return 0.0 if guess is None else 1.0 - abs(truth - guess) / 100
 
 
-def score_answer(ground_truth: str, answer: str) -> tuple[str | None, float | None]:
-    """(type, score) of one answer; (None, None) when the ground truth is of no known type."""
+def score_answer(ground_truth: str, answer: str, lenient: bool = False) -> tuple[str | None, float | None]:
+    """(type, score) of one answer; (None, None) when the ground truth is of no known type.
+
+    By default the paper's protocol (module docstring); `lenient` normalises case and spacing first.
+    """
     kind = answer_type(ground_truth)
     if kind is None:
         return None, None
-    gt, ans = normalise(ground_truth), normalise(answer)
-    if kind == "time":
-        return kind, time_score(parse_time(gt), parse_time(ans))
+    if kind == "time":  # the ground truth's value is read tolerantly (typed above); the answer per the rule
+        return kind, time_score(parse_time(ground_truth), parse_time(answer, lenient))
     if kind == "battery":
-        return kind, battery_score(parse_battery(gt), parse_battery(ans))
-    return kind, float(gt in ans)
+        return kind, battery_score(parse_battery(ground_truth), parse_battery(answer, lenient))
+    if lenient:
+        return kind, float(normalise(ground_truth) in normalise(answer))
+    return kind, float(str(ground_truth).strip() in str(answer))  # the paper: case-sensitive containment
 
 
 def _record_pair(record: Any, i: int) -> tuple[str, str]:
@@ -118,13 +133,16 @@ def _record_pair(record: Any, i: int) -> tuple[str, str]:
     return gt, ans
 
 
-def score_vqa(records: Iterable[Any]) -> dict[str, Any]:
-    """Per-type means (None where no question), micro total and counts over (ground_truth, answer) records."""
+def score_vqa(records: Iterable[Any], lenient: bool = False) -> dict[str, Any]:
+    """Per-type means (None where no question), micro total and counts over (ground_truth, answer) records.
+
+    The paper's protocol unless `lenient` (see `score_answer`).
+    """
     sums = dict.fromkeys(TYPES, 0.0)
     counts = dict.fromkeys(TYPES, 0)
     for i, record in enumerate(records):
         gt, ans = _record_pair(record, i)
-        kind, value = score_answer(gt, ans)
+        kind, value = score_answer(gt, ans, lenient)
         if kind is None:
             raise ValueError(f"record {i}: ground truth {gt!r} is not a time, battery, weather or position answer")
         sums[kind] += value
