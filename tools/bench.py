@@ -39,7 +39,7 @@ from tools.bench_suites import (  # noqa: F401
 )
 from tools.bench_timers import LMTimer, _time_encoders  # noqa: F401
 
-SUITES = ("train", "generate", "data", "memory")
+SUITES = ("train", "generate", "data", "memory", "study")
 TARGETS = {"outside_lm_share": 0.10, "kv_speedup_256_b16": 10.0, "kv_speedup_b1": 1.0,
            "data_headroom": 5.0, "peak_rss_gb": 3.0}
 
@@ -79,6 +79,10 @@ def run_benchmarks(suites: tuple[str, ...] = SUITES, quick: bool = False, recipe
         results["generate"] = bench_generate((64, 256), (1, 16), repeats=1 if quick else 2)
     if "data" in suites:
         results["data"] = bench_data(chosen[0], batches=4 if quick else 16)
+    if "study" in suites:
+        from tools.bench_study import bench_study
+
+        results["study"] = bench_study(quick=quick)
     if "memory" in suites:
         results["memory"] = bench_memory(max_steps=10 if quick else 30, with_test=not quick)
     results["meta"].update(load_after=os.getloadavg(), wall_s=time.perf_counter() - start)
@@ -164,6 +168,12 @@ def render(results: dict[str, Any]) -> None:
         table("memory", [results["memory"]], [
             ("command", "command", 0), ("polled_rss_gb", "polled tree RSS GB", 2), ("child_maxrss_gb", "child maxrss GB", 2),
             ("peak_rss_gb", "peak GB", 2), ("wall_s", "wall s", 0)])
+    if "study" in results:
+        study = results["study"]
+        table("study pieces (issue 12)", [{**study["guidance"], **study["positions"], **study["pixel_decoder"]}], [
+            ("unguided_ms_per_image", "VQ img ms", 1), ("guided_ms_per_image", "guided ms", 1),
+            ("guidance_cost", "guided/plain x", 2), ("step_ms_none", "step ms", 0), ("step_ms_grid", "grid step ms", 0),
+            ("grid_cost", "grid/plain x", 2), ("images_per_s", "decoder img/s", 0)])
     if "gpu" in results:
         from tools.bench_gpu import render_gpu
 
@@ -177,7 +187,7 @@ def bench(suite: str = "all", json: bool = False, gpu: bool = False, gpu_shapes:
     """Speed and memory benchmarks; every target is judged by a ratio measured within this one run.
 
     Args:
-        suite: "all" or a comma-separated choice of train, generate, data, memory.
+        suite: "all" or a comma-separated choice of train, generate, data, memory, study.
         json: print the results as JSON instead of tables.
         gpu: run the GPU check instead (7B-shaped LM + LoRA, SigLIP-B and VQ-16 shapes, bf16; tokens/s, MFU,
             generation latency against the memory-bandwidth bound); see tools/bench_gpu.py.

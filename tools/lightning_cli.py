@@ -36,14 +36,38 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     out = dict(base)
     for key, value in override.items():
         if isinstance(out.get(key), dict) and isinstance(value, dict):
-            # A new class_path replaces the component whole: its old init_args may not fit the new class.
             if "class_path" in value and value.get("class_path") != out[key].get("class_path"):
-                out[key] = value
+                # jsonargparse's rule for a new class_path: keep the base's init_args the new class accepts,
+                # so a recipe that swaps the architecture states only what differs.
+                kept = _accepted_init_args(value["class_path"], out[key].get("init_args") or {})
+                out[key] = _deep_merge({"class_path": value["class_path"], "init_args": kept}, value)
             else:
                 out[key] = _deep_merge(out[key], value)
         else:
             out[key] = value
     return out
+
+
+def _accepted_init_args(class_path: str, init_args: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `init_args` that `class_path`'s constructor accepts (following **kwargs up its bases)."""
+    import inspect
+
+    from zoo.config import import_class
+
+    try:
+        cls = import_class(class_path)
+    except (ImportError, AttributeError, ValueError):
+        return {}  # an unknown class is reported by the CLI itself, with its own message
+    accepted: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        accepted |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return {k: v for k, v in init_args.items() if k in accepted}
 
 
 def load_recipe(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -108,6 +132,7 @@ def run_lightning_cli(argv: list[str]) -> LightningCLI:
     of another architecture, and the data's and model's own ValueErrors, all before any output is written.
     """
     from datamodules.mixed import MixedTaskDataModule
+    from tools.launch import same_command_for_children
     from zoo.unified import UnifiedVLM
 
     import warnings
@@ -116,7 +141,8 @@ def run_lightning_cli(argv: list[str]) -> LightningCLI:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     saved_argv, sys.argv = sys.argv, sys.argv[:1]  # args come from `argv`; LightningCLI warns if both are set
     try:
-        with tempfile.TemporaryDirectory(prefix="unizoo-recipe-") as tmpdir:
+        # Child ranks of a multi-process run re-run this very command (tools/launch.py).
+        with tempfile.TemporaryDirectory(prefix="unizoo-recipe-") as tmpdir, same_command_for_children(argv):
             return _cli(argv, tmpdir, UnifiedVLM, MixedTaskDataModule)
     except ArgumentError as err:
         recipes = [v for i, v in enumerate(argv) if i and argv[i - 1] in ("--config", "-c")]
@@ -130,6 +156,8 @@ def run_lightning_cli(argv: list[str]) -> LightningCLI:
 
 
 def _cli(argv: list[str], tmpdir: str, model_class: type, data_class: type) -> LightningCLI:
+    from zoo.callbacks import FinalCheckpoint
+
     return UnizooCLI(
         model_class,
         data_class,
@@ -139,7 +167,8 @@ def _cli(argv: list[str], tmpdir: str, model_class: type, data_class: type) -> L
         save_config_kwargs={"overwrite": False},
         # Errors raise (run_lightning_cli names the recipe); `--help` still prints and exits.
         parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
-        trainer_defaults={"default_root_dir": "runs"},
+        # Every fit ends with a checkpoint of its final weights, whatever the recipe's step interval.
+        trainer_defaults={"default_root_dir": "runs", "callbacks": [FinalCheckpoint()]},
         args=_expand_configs(argv, tmpdir),
     )
 

@@ -66,6 +66,7 @@ def train_decoder(out: str | Path, *, space: dict[str, Any], seed: int = 0, step
                  f"ceiling_*: the attribute reader (judge_*: an independent reader) on decode(true features) of "
                  f"{eval_test} fresh test renders; trained with detail weight {detail_weight}, reader weight "
                  f"{reader_weight}")
+    card["decoder_config"] = dict(saved.config)
     assert card["sha256"] == digest
     return card
 

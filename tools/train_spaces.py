@@ -30,7 +30,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.nn import functional as F
 
-from datamodules.smartwatch.reader import DEFAULT_READER
+from datamodules.smartwatch.reader import DEFAULT_READER, _Heads, reader_loss, watch_labels
 from tools import space_eval as ev
 from tools.space_objectives import ReaderConsistency, hard_negative_batch, weighted_reconstruction
 from zoo import hub, presets
@@ -87,13 +87,14 @@ class TextBatcher:
                               return_tensors="pt")["input_ids"]
 
 
-def _siglip_batch(seed: int, start: int, size: int, batcher: TextBatcher, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def _siglip_batch(seed: int, start: int, size: int, batcher: TextBatcher,
+                  group: int = 1) -> tuple[torch.Tensor, torch.Tensor, list]:
     """A batch of renders and full captions; with `group` > 1, groups of hard negatives (time and battery differ)."""
     anchors = ev.watches(seed, "train", range(start // group, (start + size) // group))
     specs = hard_negative_batch(anchors, group, seed, start // group) if group > 1 else anchors
     # Caption phrasing is drawn per (watch index); variants of an anchor get their own draw.
     captions = [ev.full_caption(s, seed, "train", start + i) for i, s in enumerate(specs)]
-    return ev.render_pixels(specs, IMAGE_SIZE), batcher(captions)
+    return ev.render_pixels(specs, IMAGE_SIZE), batcher(captions), specs
 
 
 class BagOfNgrams(torch.nn.Module):
@@ -129,13 +130,17 @@ def sigmoid_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.T
 
 def train_siglip(out: str | Path, *, seed: int = 0, steps: int = 2000, batch_size: int = 32, lr: float = 5e-4,
                  vision_config: dict[str, Any] | None = None, hard_negatives: int = 4, read_layer: int = 1,
-                 eval_fit: int = 1000, eval_test: int = 500, threads: int | None = None,
+                 caption_weight: float = 1.0, eval_fit: int = 1000, eval_test: int = 500, threads: int | None = None,
                  progress: bool = True) -> dict[str, Any]:
     """Train the tiny SigLIP pair, save the vision tower to folder `out`; return its card (metrics from the saved files).
 
     `hard_negatives`: batches are groups of this many watches differing only in time and battery (1: random
     batches, the first release). The card adds linear probes on the flattened tokens of `read_layer`, the
-    tokens the tiny recipes' LM reads.
+    tokens the tiny recipes' LM reads. `caption_weight`: an auxiliary structured-caption loss, small heads
+    predicting every caption field (time, battery, weather, corners) from the pooled output. SigLIP 2 adds a
+    captioning decoder (LocCa) to the sigmoid loss for the same reason: contrastive training alone keeps
+    what separates a batch cheaply (weather, corners) and suppresses fine detail (the clock; measured:
+    hard negatives alone left the layer-1 hour probe at 0.68). The heads are thrown away with the text tower.
     """
     if batch_size % max(1, hard_negatives):
         raise ValueError(f"train_siglip: batch_size {batch_size} is not a multiple of hard_negatives {hard_negatives}")
@@ -150,10 +155,11 @@ def train_siglip(out: str | Path, *, seed: int = 0, steps: int = 2000, batch_siz
     tok = batcher.tokenizer
     vision = SiglipVisionModel(SiglipVisionConfig(**vcfg))
     text = BagOfNgrams(len(tok), vcfg["hidden_size"], tok.pad_token_id)
+    fields = _Heads(vcfg["hidden_size"])  # the structured caption: every attribute a full caption states
     # SigLIP's initial temperature (t = log 10); the bias starts at -log(batch), the prior of a match here.
     scale = torch.nn.Parameter(torch.tensor(10.0).log())
     bias = torch.nn.Parameter(torch.tensor(-math.log(batch_size)))
-    params = [*vision.parameters(), *text.parameters(), scale, bias]
+    params = [*vision.parameters(), *text.parameters(), *fields.parameters(), scale, bias]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: ev.cosine_lr(s, steps, max(1, steps // 20)))
 
@@ -162,8 +168,11 @@ def train_siglip(out: str | Path, *, seed: int = 0, steps: int = 2000, batch_siz
     with _progress(progress) as bar:
         task = bar.add_task("siglip", total=steps, info="")
         for step in range(steps):
-            pixels, ids = _siglip_batch(seed, step * batch_size, batch_size, batcher, max(1, hard_negatives))
-            loss = sigmoid_loss(vision(pixel_values=pixels).pooler_output, text(ids), scale, bias)
+            pixels, ids, specs = _siglip_batch(seed, step * batch_size, batch_size, batcher, max(1, hard_negatives))
+            pooled = vision(pixel_values=pixels).pooler_output
+            loss = sigmoid_loss(pooled, text(ids), scale, bias)
+            if caption_weight > 0:
+                loss = loss + caption_weight * reader_loss(fields(pooled), watch_labels(specs))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -196,7 +205,7 @@ def train_siglip(out: str | Path, *, seed: int = 0, steps: int = 2000, batch_siz
     return _card(SIGLIP_NAME, out / "model.safetensors", env, seed, metrics, steps, batch_size,
                  f"probes fitted on {eval_fit} val renders, scored on {eval_test} test renders (pooler output; "
                  f"layer{read_layer}_token_probe_*: flattened layer-{read_layer} tokens, 1500 val fit); "
-                 f"hard-negative groups of {hard_negatives}; "
+                 f"hard-negative groups of {hard_negatives}; structured-caption weight {caption_weight}; "
                  f"retrieval among the {eval_test} test captions (text tower not shipped)")
 
 
@@ -290,8 +299,10 @@ def _card(name: str, weights: Path, env: dict[str, Any], seed: int, metrics: dic
             "wall_time": _wall(env), "metrics": {k: round(v, 4) for k, v in metrics.items()}, "protocol": protocol}
 
 
-def zoo_entry(card: dict[str, Any], command: str) -> dict[str, Any]:
-    """The zoo entry JSON of a trained space (weights shipped under zoo/assets/spaces/)."""
+def zoo_entry(card: dict[str, Any], command: str, which: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """The zoo entry JSON of a trained space or pixel decoder (weights shipped under zoo/assets/spaces/)."""
+    which = which or ("siglip" if card["name"] == SIGLIP_NAME else "vq")
+    name = name or card["name"]
     rel = Path(card["weights"]).resolve().relative_to(Path(__file__).resolve().parent.parent / "zoo").as_posix()
     common = {"kind": "space", "state_prefix": "model.",
               "weights": {"package_file": rel, "sha256": card["sha256"], "size": card["size"]}}
@@ -299,14 +310,20 @@ def zoo_entry(card: dict[str, Any], command: str) -> dict[str, Any]:
             f"{card['steps']} steps of {card['batch_size']}")
     cardj = {"recipe": "tools/train_spaces.py", "seed": card["seed"], "wall_time": card["wall_time"],
              "metrics": card["metrics"], "how_to_reproduce": command, "notes": card["protocol"], "data": data}
-    if card["name"] == SIGLIP_NAME:
-        return {"name": SIGLIP_NAME, **common, "class_path": "zoo.spaces.hf.HFVisionSpace",
+    if which == "siglip":
+        return {"name": name, **common, "class_path": "zoo.spaces.hf.HFVisionSpace",
                 "init_args": {"model_class": "transformers.SiglipVisionModel",
                               "pretrained": f"zoo/{Path(rel).parent.as_posix()}", "layer": -2},
                 "description": "Tiny SigLIP vision tower (64 px, patch 8, 128 x 4 layers) trained with the sigmoid "
                                "loss on smart-watch renders; layer -2 patch features (64 x 128)",
                 "card": {**cardj, "data": data + "; captions stating time, weather, battery and both corners"}}
-    return {"name": VQ_NAME, **common, "class_path": "zoo.spaces.vq.VQTokenizer",
+    if which == "decoder":
+        return {"name": name, "kind": "decoder", "state_prefix": "",
+                "weights": common["weights"], "class_path": "zoo.spaces.pixel_decoder.FeatureDecoder",
+                "init_args": {k: v for k, v in card.get("decoder_config", {}).items()},
+                "description": "Pixel decoder of a continuous space's tokens to 64 px images (MSE + attribute-reader "
+                               "loss); pass it as the space's pixel_decoder", "card": cardj}
+    return {"name": name, **common, "class_path": "zoo.spaces.vq.VQTokenizer",
             "init_args": {"variant": "tiny", "image_size": IMAGE_SIZE},
             "description": "Tiny VQ tokenizer (64 px -> 8 x 8 codes of 1024) trained on smart-watch renders "
                            "(MSE + L1 + codebook/commitment losses)", "card": cardj}
@@ -318,6 +335,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("which", choices=("siglip", "vq", "decoder"))
     parser.add_argument("--out", required=True, help="folder (siglip) or .safetensors file (vq) to write")
     parser.add_argument("--entry", help="also write the zoo entry JSON here (e.g. zoo/assets/weights/NAME.json)")
+    parser.add_argument("--name", help="the zoo entry's name (default: the first release's name)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -342,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps(card, indent=2))
     if args.entry:
         command = "python -m tools.train_spaces " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-        Path(args.entry).write_text(json.dumps(zoo_entry(card, command), indent=2) + "\n")
+        Path(args.entry).write_text(json.dumps(zoo_entry(card, command, args.which, args.name), indent=2) + "\n")
     return card
 
 

@@ -29,7 +29,7 @@ from zoo import hub
 from zoo.config import build, merge
 from zoo.hub import WeightsSource
 
-KINDS = ("unified", "space", "language_model", "reader", "upstream")
+KINDS = ("unified", "space", "decoder", "language_model", "reader", "upstream")
 SHIPPED_DIR = "assets/weights"  # inside the zoo package
 
 
@@ -46,6 +46,9 @@ class ModelCard:
     seed: int | None = None
     wall_time: str = ""  # free text: "14 min on 2 CPU cores"
     metrics: dict[str, float] = field(default_factory=dict)
+    # How `metrics` were measured, so they recompute from the weights: split, seed, sample counts, the
+    # data spec, decoding, and the machine (float results are exact only there); see tests/test_zoo_unified.py.
+    test_protocol: dict[str, Any] = field(default_factory=dict)
     how_to_reproduce: str = ""
     notes: str = ""
 
