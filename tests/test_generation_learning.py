@@ -108,3 +108,21 @@ def test_sampled_codes_respect_top_k_and_seed(generation_samples):
     assert torch.equal(generate_images(model, prompt, cfg), greedy)  # top-1 sampling is greedy
     wide = GenerationConfig(image_temperature=1.0, image_top_k=0, seed=3)
     assert torch.equal(generate_images(model, prompt, wide), generate_images(model, prompt, wide))
+
+
+def test_conditional_baseline_uses_peers_sharing_the_stated_attributes():
+    from zoo.evaluation import conditional_baseline_cosine
+
+    def rec(weather, corner, mentioned):
+        return {"attrs": {"weather": weather, "weather_pos": corner, "battery_pos": "top-left", "mentioned": mentioned}}
+
+    records = [rec("sunny", "top-right", ["time", "weather"]), rec("sunny", "bottom-left", ["time"]),
+               rec("raining", "top-right", ["time", "weather"])]
+    a, b, c = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[-1.0, 0.0]])
+    target = torch.stack([a, b, c])  # [3, N=1, D=2]
+    # 0: peers sharing "sunny" -> record 1 (cos 0); 1: states nothing -> mean of 0 and 2 = 0 vector...
+    # use the cosine helper's convention (zero vector -> 0); 2: no raining peer -> mean of 0 and 1.
+    got = conditional_baseline_cosine(records, target)
+    expected = (0.0 + 0.0 + float(torch.nn.functional.cosine_similarity(torch.tensor([0.5, 0.5]), c[0], dim=0))) / 3
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert conditional_baseline_cosine([{"attrs": {}}], target[:1]) is None

@@ -11,35 +11,34 @@ DEFAULT_RECIPE = str(Path(__file__).resolve().parent.parent / "recipes" / "quick
 def quickstart(recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train the quickstart recipe (fit), evaluate the trained model (test) and print a table of scores.
 
+    The fit ends with a checkpoint of its final weights (zoo.callbacks.FinalCheckpoint) and the test
+    loads that file, so the printed checkpoint is the model the table scores: `unizoo test --config
+    RUN/config.yaml --ckpt_path CHECKPOINT` prints the same numbers on the same machine.
+
     Args:
         recipe: the recipe YAML to train (default: recipes/quickstart.yaml).
         overrides: extra LightningCLI arguments, e.g. ["--trainer.max_steps=50"].
     """
     from tools.lightning_cli import run_lightning_cli
+    from zoo.callbacks import final_checkpoint_path
 
     started = time.perf_counter()
     cli = run_lightning_cli(["fit", "--config", recipe, *(overrides or [])])
     trainer, model = cli.trainer, cli.model
     if trainer.interrupted:
         raise SystemExit("quickstart: training was interrupted; no evaluation")
-    trainer.test(model, datamodule=cli.datamodule, verbose=False)
+    checkpoint = final_checkpoint_path(trainer)  # None only when the recipe turns checkpointing off
+    trainer.test(model, datamodule=cli.datamodule, ckpt_path=checkpoint, verbose=False)
     summary = {
         "metrics": model.eval_metrics,
         "eval_dir": model.eval_outputs["dir"],
         "log_dir": trainer.log_dir,
-        "checkpoint": _last_checkpoint(trainer),
+        "checkpoint": checkpoint,
         "wall_s": time.perf_counter() - started,
         "steps": trainer.global_step,
     }
     print_summary(summary)
     return summary
-
-
-def _last_checkpoint(trainer) -> str | None:
-    callback = getattr(trainer, "checkpoint_callback", None)
-    if callback is None:
-        return None
-    return callback.last_model_path or callback.best_model_path or None
 
 
 def _fmt(value: Any) -> str:
@@ -71,6 +70,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         # The "chance" of feature cosine: always writing the average test image's features.
         table.add_row("generation", "feature cosine to truth", _fmt(generation.get("feature_cosine")),
                       _fmt(generation.get("feature_cosine_constant")), _fmt(n))
+        if generation.get("feature_cosine_conditional") is not None:
+            # The mean of other test targets sharing the weather/corners the prompt states.
+            table.add_row("generation", "cosine: conditional mean baseline", "",
+                          _fmt(generation["feature_cosine_conditional"]), _fmt(n))
         table.add_row("generation", "retrieval top-1", _fmt(generation.get("retrieval_top1")),
                       _fmt(generation.get("retrieval_chance")), _fmt(n))
         if "code_accuracy" in generation:
@@ -83,5 +86,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     console.print(f"TensorBoard: tensorboard --logdir {summary['log_dir']}")
-    console.print(f"checkpoint:  {summary['checkpoint']}")
+    if summary["checkpoint"]:
+        console.print(f"checkpoint:  {summary['checkpoint']} (step {summary['steps']}: the weights scored above)")
+    else:
+        console.print("checkpoint:  none (the recipe turns checkpointing off)")
     console.print(f"eval files:  {summary['eval_dir']} (answers.jsonl, metrics.json, images)")

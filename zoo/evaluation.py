@@ -52,7 +52,7 @@ def evaluate_samples(model, samples: list[Sample], config: GenerationConfig) -> 
         for sample, text, reference in zip(understanding, out.texts, prompt["references"]):
             question = next(t["content"] for t in sample.turns if t["role"] == "user")
             records.append({"task": sample.task, "question": question.replace(IMAGE_MARKER, "").strip(),
-                            "ground_truth": reference, "answer": text, "attrs": _plain(sample.attrs)})
+                            "ground_truth": reference, "answer": text, "attrs": _plain(sample.attrs), **_item(sample)})
     generation = [s for s in samples if s.task == "generation"] if model.output_space is not None else []
     if generation:
         batch = _to_device(_image_prompt(model, generation), model.device)
@@ -66,7 +66,7 @@ def evaluate_samples(model, samples: list[Sample], config: GenerationConfig) -> 
         target_features, target_codes = space.encode(pixels)
         for i, sample in enumerate(generation):
             tokens = written[i]
-            record = {"task": "generation", "prompt": sample.turns[0]["content"], "attrs": _plain(sample.attrs),
+            record = {"task": "generation", "prompt": sample.turns[0]["content"], "attrs": _plain(sample.attrs), **_item(sample),
                       "tokens": tokens.cpu() if tokens is not None else None,
                       "target": (target_codes[i] if space.discrete else target_features[i]).cpu()}
             if tokens is not None and space.discrete:
@@ -90,6 +90,7 @@ def generation_metrics(model, records: list[dict[str, Any]]) -> dict[str, Any]:
         "feature_cosine": feature_cosine(generated, target).mean().item(),
         # What a model that ignores the prompt and always writes the average test image would score.
         "feature_cosine_constant": feature_cosine(target.mean(0, keepdim=True).expand_as(target), target).mean().item(),
+        "feature_cosine_conditional": conditional_baseline_cosine(done, target),
         "retrieval_top1": retrieval_top1(generated, target),
         "retrieval_chance": retrieval_chance(len(done)),
         "images": len(done),
@@ -99,6 +100,37 @@ def generation_metrics(model, records: list[dict[str, Any]]) -> dict[str, Any]:
         metrics["code_accuracy"] = code_accuracy(codes, torch.stack([r["target"] for r in done])).mean().item()
         metrics["code_chance"] = 1.0 / space.codebook_size
     return metrics
+
+
+# Categorical attributes a prompt may state (records' attrs["mentioned"]); continuous ones (time, battery)
+# rarely repeat exactly among a few hundred test prompts, so they do not form groups.
+CONDITION_KEYS = ("weather", "weather_pos", "battery_pos")
+
+
+def conditional_baseline_cosine(records: list[dict[str, Any]], target: torch.Tensor) -> float | None:
+    """Cosine of writing, for each prompt, the mean of the *other* eval targets that share every categorical
+    attribute the prompt states (leave-one-out; the mean of all others where none shares them).
+
+    A model that only learned "what goes with these words" scores this; beating it means the generation
+    follows more of the prompt than its categories. None when the records state no attributes.
+    """
+    if not records or not all("mentioned" in (r.get("attrs") or {}) for r in records):
+        return None
+    stated = [[k for k in CONDITION_KEYS if k in r["attrs"]["mentioned"]] for r in records]
+    flat = target.flatten(1).float()
+    total, n = flat.sum(0), len(records)
+    scores = []
+    for i, keys in enumerate(stated):
+        mine = records[i]["attrs"]
+        peers = [j for j, r in enumerate(records) if j != i and all(r["attrs"].get(k) == mine.get(k) for k in keys)]
+        if peers:
+            mean = flat[peers].mean(0)
+        elif n > 1:
+            mean = (total - flat[i]) / (n - 1)
+        else:
+            return None
+        scores.append(feature_cosine(mean.view_as(target[i]).unsqueeze(0), target[i].unsqueeze(0)).mean())
+    return float(torch.stack(scores).mean())
 
 
 def decode_generated(model, records: list[dict[str, Any]]) -> list[Any]:
@@ -131,6 +163,12 @@ def retrieved_images(records: list[dict[str, Any]], truths: list[Any]) -> list[A
     for row, i in enumerate(kept):
         images[i] = truths[kept[nearest[row]]]
     return images
+
+
+def _item(sample: Sample) -> dict[str, int]:
+    """{"item": the sample's position in the DataModule's split} where it has one (datamodules.mixed.MixedDataset)."""
+    item = getattr(sample, "item", None)
+    return {} if item is None else {"item": int(item)}
 
 
 def _plain(attrs: dict[str, Any]) -> dict[str, Any]:
