@@ -73,7 +73,7 @@ def import_class(class_path: str) -> type:
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise ValueError(f"class_path {class_path!r}: module {module_name!r} has no {attr!r}") from None
+        raise ValueError(f"class_path {class_path!r}: cannot import {attr!r}: module {module_name!r} has no such name") from None
 
 
 def is_spec(value: Any) -> bool:

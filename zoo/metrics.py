@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def feature_cosine(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -34,19 +33,3 @@ def retrieval_top1(generated: torch.Tensor, target: torch.Tensor) -> float:
 def retrieval_chance(n: int) -> float:
     """Top-1 retrieval of a uniform guess among `n` candidates."""
     return 1.0 / n if n else float("nan")
-
-
-def frechet_distance(real: torch.Tensor, fake: torch.Tensor, extractor: nn.Module) -> float:
-    """FID between two image sets (uint8 or float [M, 3, H, W]) in the feature space of `extractor`.
-
-    torchmetrics computes it; the extractor is pluggable (the attribute reader offline, Inception-v3
-    when its weights are on disk). Fewer than 2 images per side gives NaN.
-    """
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    if len(real) < 2 or len(fake) < 2:
-        return float("nan")
-    metric = FrechetInceptionDistance(feature=extractor, normalize=real.dtype != torch.uint8)
-    metric.update(real, real=True)
-    metric.update(fake, real=False)
-    return float(metric.compute())

@@ -10,6 +10,7 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from zoo.code_cache import CodeCache
+from zoo.objectives import IGNORE_INDEX
 from zoo.sample import IMAGE_MARKER, Sample
 from zoo.spaces.base import ImageSpace
 from zoo.tokenizer import tokenize_conversation
@@ -17,7 +18,6 @@ from zoo.tokenizer import tokenize_conversation
 if TYPE_CHECKING:
     from zoo.backbone import LanguageBackbone
 
-IGNORE_INDEX = -100
 # The null condition of classifier-free guidance: any fixed request works; it only has to be the same in
 # training (condition dropout) and at inference (the unconditional stream of `generate_images`).
 UNCONDITIONAL_PROMPT = "generate an image."

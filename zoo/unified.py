@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -301,21 +302,34 @@ class UnifiedVLM(Configurable, L.LightningModule):
 
     def on_test_epoch_start(self) -> None:  # noqa: D102
         self._eval_records: list[dict[str, Any]] = []
-        self._eval_truths: list[Any] = []
+        self._eval_truths: list[tuple[int | None, Any]] = []  # (item, ground-truth image) of generation samples
+
+    def _evaluate_batch(self, batch: list) -> list[dict[str, Any]]:
+        """Records of a list of Samples (zoo.evaluation), kept with their truths for the epoch's end."""
+        from zoo.evaluation import evaluate_samples
+
+        records = evaluate_samples(self, batch, self.generation_config())
+        self._eval_records += records
+        self._eval_truths += [(getattr(s, "item", None), s.images[-1]) for s in batch if s.task == "generation" and s.images]
+        return records
 
     def test_step(self, batch: list, batch_idx: int) -> None:
         """Answer, caption and draw for a list of Samples; records accumulate for the epoch's metrics."""
-        from zoo.evaluation import evaluate_samples
-
-        self._eval_records += evaluate_samples(self, batch, self.generation_config())
-        self._eval_truths += [s.images[-1] for s in batch if s.task == "generation" and s.images]
+        self._evaluate_batch(batch)
 
     def on_test_epoch_end(self) -> None:
-        """Score (the DataModule's domain scorer + model-agnostic metrics), log, and write the eval folder."""
+        """Gather every rank's records on rank 0 (zoo.eval_gather), which scores them (the DataModule's domain
+        scorer + model-agnostic metrics), logs and writes the eval folder; other ranks only take part."""
+        from zoo.eval_gather import gather_eval
         from zoo.evaluation import (comparison_grid_tensor, decode_generated, generation_metrics, retrieved_images,
                                     write_outputs)
 
-        records, metrics = self._eval_records, {}
+        out_dir = os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "eval")  # log_dir: a collective
+        gathered = gather_eval(self._eval_records, self._eval_truths)
+        if gathered is None:  # not rank 0
+            self.eval_metrics, self.eval_outputs = {}, {}
+            return
+        (records, truths), metrics = gathered, {}
         scorer = getattr(getattr(self.trainer, "datamodule", None), "score_records", None)
         images = decode_generated(self, records) if self.output_space is not None else []
         if callable(scorer):
@@ -323,21 +337,51 @@ class UnifiedVLM(Configurable, L.LightningModule):
         gen = generation_metrics(self, records)
         if gen:
             metrics["generation"] = gen
-        metrics["protocol"] = {**asdict(self.generation_config()), "samples": len(records),
-                               "generation": "teacher-forced text up to <boi>, then one image"}
+        metrics["protocol"] = self._eval_protocol(len(records))
+        # Lightning would advise sync_dist for these epoch-level values: they are already over every rank's records.
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('test/")
         for key, value in _flatten({k: v for k, v in metrics.items() if k != "protocol"}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                self.log(f"test/{key}", float(value), batch_size=1)
-        out_dir = os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "eval")
+                self.log(f"test/{key}", float(value), batch_size=1, rank_zero_only=True)
         continuous = self.output_space is not None and not self.output_space.discrete
-        retrieved = retrieved_images(records, self._eval_truths) if continuous else None
-        self.eval_outputs = write_outputs(out_dir, records, metrics, images, self._eval_truths, retrieved)
+        retrieved = retrieved_images(records, truths) if continuous else None
+        self.eval_outputs = write_outputs(out_dir, records, metrics, images, truths, retrieved)
         self.eval_metrics = metrics
         experiment = getattr(self.logger, "experiment", None)
         for tag, shown in (("test/generated_vs_truth", images), ("test/retrieved_vs_truth", retrieved or [])):
-            grid = comparison_grid_tensor(shown, self._eval_truths)
+            grid = comparison_grid_tensor(shown, truths)
             if grid is not None and hasattr(experiment, "add_image"):
                 experiment.add_image(tag, grid, self.global_step)
+
+    def _eval_protocol(self, samples: int) -> dict[str, Any]:
+        return {**asdict(self.generation_config()), "samples": samples,
+                "generation": "teacher-forced text up to <boi>, then one image"}
+
+    # ----------------------------------------------------------------------------- prediction (`unizoo predict`)
+    def on_predict_epoch_start(self) -> None:  # noqa: D102
+        self.on_test_epoch_start()
+
+    def predict_step(self, batch: list, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """Answer, caption and draw for a list of Samples, as `test_step` does; returns the batch's records."""
+        return self._evaluate_batch(batch)
+
+    def on_predict_epoch_end(self) -> None:
+        """Write answers.jsonl, the generated images and their grid beside the truth to `<log dir>/predict`,
+        as `unizoo test` writes eval/, without scores (metrics.json holds only the protocol); rank 0 writes."""
+        from zoo.eval_gather import gather_eval
+        from zoo.evaluation import decode_generated, retrieved_images, write_outputs
+
+        out_dir = os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "predict")  # a collective
+        gathered = gather_eval(self._eval_records, self._eval_truths)
+        if gathered is None:  # not rank 0
+            self.predict_outputs = {}
+            return
+        records, truths = gathered
+        images = decode_generated(self, records) if self.output_space is not None else []
+        continuous = self.output_space is not None and not self.output_space.discrete
+        retrieved = retrieved_images(records, truths) if continuous else None
+        self.predict_outputs = write_outputs(out_dir, records, {"protocol": self._eval_protocol(len(records))},
+                                             images, truths, retrieved)
 
     # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -427,7 +471,6 @@ class UnifiedVLM(Configurable, L.LightningModule):
                 raise FloatingPointError(f"refusing to checkpoint non-finite weights ({name}); the last good checkpoint is kept")
         frozen = self.frozen_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
-        checkpoint["unizoo_spec"] = self.spec()
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
         """Load, accepting only the frozen reloadable keys as missing; anything else is an error."""

@@ -1,7 +1,6 @@
 """HFVisionSpace: a transformers vision tower (SigLIP, CLIP, ...) as a continuous ImageSpace."""
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 from typing import Any, Literal
@@ -11,18 +10,8 @@ from torch import nn
 
 from zoo.hub import hub_load_kwargs, resolve_weights, upstream_errors
 from zoo.spaces._common import FrozenSpace, check_divisible, check_pixels
+from zoo.config import import_class
 from zoo.spaces.pixel_decoder import PixelDecoderMixin
-
-
-def import_class(path: str) -> type:
-    """'package.module.Class' or 'transformers.Class' -> the class object."""
-    module_name, _, attr = path.rpartition(".")
-    if not module_name:
-        raise ValueError(f"model_class {path!r}: expected a dotted path such as 'transformers.SiglipVisionModel'")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"model_class {path!r}: cannot import it ({err})") from err
 
 
 def family_mean_std(config: Any) -> tuple[list[float], list[float]] | None:
@@ -82,7 +71,7 @@ class HFVisionSpace(PixelDecoderMixin, FrozenSpace):
             raise ValueError(f"{name}: features must be 'patch' or 'cls_patch', got {features!r}")
         if pretrained is not None and config is not None:
             raise ValueError(f"{name}: pass either pretrained or config, not both")
-        cls = import_class(model_class)
+        cls = import_class(model_class)  # zoo.config: configs name classes, nothing is guessed
         config_cls = getattr(cls, "config_class", None)
         if config_cls is None or not hasattr(cls, "from_pretrained"):
             raise ValueError(f"{name}: {model_class} is not a transformers model class with a config_class")
