@@ -201,6 +201,11 @@ class LlavaJsonSource(SampleSource):
     "generation" when a gpt turn holds "<image>", "vqa" when only human turns do, "text" without images.
     `image_check`: "open" (exists and PIL can parse it), "exists", or "none". The whole source is
     validated once, on first use or by `validate()`, before any sample is served.
+    `scoring` (of `unizoo test` records): "smartwatch" scores them as the smart-watch study does (the
+    paper's VQA scoring with chance per attribute, caption attributes as the reference caption states
+    them; `datamodules.smartwatch.evaluate.score_text_records`), "none" not at all, and "auto" (default)
+    as smart-watch data when every VQA ground truth evaluated is a time, battery, weather or position
+    answer (a file in the study's layout, as `unizoo data smartwatch` writes it), else not at all.
     """
 
     def __init__(
@@ -210,14 +215,18 @@ class LlavaJsonSource(SampleSource):
         val_json: str | None = None,
         test_json: str | None = None,
         image_check: Literal["open", "exists", "none"] = "open",
+        scoring: Literal["auto", "smartwatch", "none"] = "auto",
     ) -> None:
         self.files = {s: p for s, p in (("train", json_path), ("val", val_json), ("test", test_json)) if p}
         if not self.files:
             raise ValueError("LlavaJsonSource: give at least one of json_path, val_json, test_json")
         if image_check not in ("open", "exists", "none"):
             raise ValueError(f"LlavaJsonSource: image_check must be open|exists|none, got {image_check!r}")
+        if scoring not in ("auto", "smartwatch", "none"):
+            raise ValueError(f"LlavaJsonSource: scoring must be auto|smartwatch|none, got {scoring!r}")
         self.image_root = image_root
         self.image_check = image_check
+        self.scoring = scoring
         self._records: dict[str, list[_Record]] | None = None
 
     def splits(self) -> tuple[str, ...]:
@@ -296,6 +305,14 @@ class LlavaJsonSource(SampleSource):
             attrs=attrs,
             image_keys=list(record.images),
         )
+
+    def score_records(self, records: list[dict[str, Any]], images: list[Any] | None = None) -> dict[str, Any]:
+        """Scores of this source's evaluation records as `scoring` says ({} when it does not apply)."""
+        from datamodules.smartwatch.evaluate import is_smartwatch_text, score_text_records
+
+        if self.scoring == "none" or (self.scoring == "auto" and not is_smartwatch_text(records)):
+            return {}
+        return score_text_records(records)
 
 
 # Phrasings are the project's own; the caption follows the request verbatim.

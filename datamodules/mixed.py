@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.base import SampleSource
 from datamodules.sampler import ResumableSampler
@@ -60,7 +60,12 @@ def _pick(n: int, k: int, seed: int, salt: int) -> np.ndarray:
 
 class MixedDataset(Dataset):
     """Items of one split: (source, index) references, then extra samples from the sources' (possibly
-    lazy) sequences; every item is built in `__getitem__`, so in loader workers."""
+    lazy) sequences; every item is built in `__getitem__`, so in loader workers.
+
+    Each Sample served gets an `item` attribute, its position `i` in this dataset: evaluation records
+    keep it, so the records of a multi-process run are put back in order, each item once, and each
+    record is scored by the source it came from (`refs[item, 0]`).
+    """
 
     def __init__(self, sources: list[SampleSource], split: str, refs: np.ndarray, tasks: list[str],
                  extras: list[tuple[str, Sequence[Sample]]] | None = None) -> None:
@@ -95,6 +100,7 @@ class MixedDataset(Dataset):
             if sample.task not in EXTRA_TASKS[kind]:
                 raise ValueError(f"{where}: task {sample.task!r} is not {kind}")
         sample.validate(where)
+        sample.item = i  # not a dataclass field: Sample equality and repr are unchanged
         return sample
 
 
@@ -333,21 +339,65 @@ class MixedTaskDataModule(LightningDataModule):
         return self._loader("val", batch_size=self.eval_batch_size) if len(self.dataset("val")) else []
 
     def test_dataloader(self) -> DataLoader | list:
-        """Every task of test, in order (an empty list when no source serves test)."""
-        return self._loader("test", batch_size=self.eval_batch_size) if len(self.dataset("test")) else []
+        """Every task of test, in order (an empty list when no source serves test).
+
+        Under a multi-process strategy each rank takes every W-th item (torch's DistributedSampler, the
+        last ones repeated so every rank has as many, hence at least one, batch): Lightning's own choice
+        for predict gives a rank nothing when there are fewer items than ranks, and that rank would then
+        never reach the end-of-epoch gather. The model gathers the records and drops the repeats by `item`.
+        """
+        dataset = self.dataset("test")
+        if not len(dataset):
+            return []
+        dist = (self.trainer.distributed_sampler_kwargs or {}) if self.trainer is not None else {}
+        sampler = None
+        if dist.get("num_replicas", 1) > 1:
+            sampler = DistributedSampler(dataset, num_replicas=dist["num_replicas"], rank=dist["rank"], shuffle=False)
+        return self._loader("test", batch_size=self.eval_batch_size, sampler=sampler)
 
     def predict_dataloader(self) -> DataLoader | list:
         """The test split."""
         return self.test_dataloader()
 
     def score_records(self, records: list[dict[str, Any]], images: list[Any] | None = None) -> dict[str, Any]:
-        """Domain scores of evaluation records, from every source that knows how to score its data."""
-        scores: dict[str, Any] = {}
-        for source in self.sources:
+        """Domain scores of evaluation records: each source that can score scores the records of its own items.
+
+        Records are routed by their `item` (a test-split position, see `MixedDataset`); `images` (aligned
+        with the generation records) go along with their records. Records without an item go to every
+        source. With one scoring source its scores are returned as they are; when several sources return
+        scores, each source's are nested under "source<N>" (N its place in `sources`), so none overwrites another.
+        """
+        owner = self._record_sources(records)
+        gen_images = iter(images) if images is not None else None
+        routed: dict[int, tuple[list[dict[str, Any]], list[Any]]] = {s: ([], []) for s in range(len(self.sources))}
+        for record, source in zip(records, owner):
+            image = next(gen_images, None) if gen_images is not None and record.get("task") == "generation" else None
+            for s in range(len(self.sources)) if source is None else (source,):
+                routed[s][0].append(record)
+                if record.get("task") == "generation":
+                    routed[s][1].append(image)
+        results: dict[int, dict[str, Any]] = {}
+        for s, source in enumerate(self.sources):
             scorer = getattr(source, "score_records", None)
-            if callable(scorer):
-                scores.update(scorer(records, images))
-        return scores
+            own, own_images = routed[s]
+            if callable(scorer) and own:
+                result = scorer(own, own_images if images is not None else None)
+                if result:
+                    results[s] = result
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return {f"source{s}": result for s, result in results.items()}
+
+    def _record_sources(self, records: list[dict[str, Any]]) -> list[int | None]:
+        """The source number of each record's test item, None where a record has no (valid) item."""
+        dataset = self._datasets.get("test")
+        refs = dataset.refs if dataset is not None else np.zeros((0, 2), dtype=np.int64)
+        out: list[int | None] = []
+        for record in records:
+            item = record.get("item")
+            ok = isinstance(item, (int, np.integer)) and 0 <= item < len(refs)
+            out.append(int(refs[item, 0]) if ok else None)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """The train sampler's position, so a checkpoint taken mid-epoch resumes without repeats or gaps."""

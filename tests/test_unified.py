@@ -63,7 +63,7 @@ def test_shared_projector_is_one_module():
     assert separate.gen_projector is not separate.und_projector
 
 
-@pytest.mark.parametrize("name", ["siglip-siglip", "vq-vq"])
+@pytest.mark.parametrize("name", PRESETS)
 def test_cached_and_recompute_generation_agree(name, samples):
     model = _model(name).eval()
     # An untrained model never opens an image: bias <boi> so the image path runs in both modes.
@@ -90,20 +90,83 @@ def test_cached_and_recompute_generation_agree(name, samples):
         assert pixels.shape[0] == len(cached.images) and pixels.shape[-1] == model.output_space.image_size
 
 
-def test_checkpoint_round_trip(tmp_path, samples):
+def test_every_variant_class_has_a_preset():
+    import inspect
+
+    import zoo.variants
+
+    classes = {c for _, c in inspect.getmembers(zoo.variants, inspect.isclass)
+               if issubclass(c, UnifiedVLM) and c is not UnifiedVLM}
+    covered = {type(_model(name)) for name in PRESETS}
+    assert classes and classes <= covered, f"variants without a preset (so untested): {classes - covered}"
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_checkpoint_round_trip(name, tmp_path, samples):
+    """Saved and reloaded by Lightning, every architecture gives the same losses, answers and images."""
     import lightning as L
 
-    model = _model("vq-siglip").eval()
+    from zoo.evaluation import evaluate_samples
+
+    model = _model(name).eval()
+    with torch.no_grad():  # move off the initialisation, so that a weight left behind would show
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.01 * torch.randn_like(param))
     batch = model.processor(samples)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
     trainer.strategy.connect(model)
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     restored = type(model).load_from_checkpoint(path, weights_only=False).eval()
+    assert type(restored) is type(model)
     with torch.no_grad():
         a, b = model(batch), restored(batch)
     for key in ("text_loss", "image_loss"):
         assert torch.allclose(a[key], b[key], atol=1e-6)
+    config = GenerationConfig(max_new_tokens=6)
+    before, after = evaluate_samples(model, samples, config), evaluate_samples(restored, samples, config)
+    assert [r["task"] for r in before] == [r["task"] for r in after]
+    assert sum(r["task"] == "generation" for r in before) == 2 and all(
+        r["tokens"] is not None for r in before if r["task"] == "generation")
+    for x, y in zip(before, after):
+        assert x.get("answer") == y.get("answer")
+        if x["task"] == "generation":
+            assert torch.allclose(x["tokens"].float(), y["tokens"].float(), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def talking_model(samples) -> tuple[UnifiedVLM, list[Sample]]:
+    """siglip-siglip fitted for a few steps to the understanding samples: it answers in varied free text."""
+    understanding = [s for s in samples if s.task in ("vqa", "caption")]
+    source = SmartWatchSource(train=8, val=2, test=2, seed=0, size=64)
+    understanding += [source.sample("train", i) for i in range(6, 12) if i % 3]  # 4 more: 8 prompts in all
+    model = _model("siglip-siglip")
+    batch = model.processor(understanding)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(25):
+        loss = model(batch)["text_loss"].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), understanding
+
+
+def test_kv_cache_matches_recompute_on_free_text_in_a_left_padded_batch(talking_model):
+    """Free decoding (no forced token): the KV-cached path, the reference path that recomputes the whole
+    sequence every step (use_cache=False) and each prompt decoded alone (no padding) write the same text."""
+    model, understanding = talking_model
+    prompt = model.processor.prompt(understanding)
+    pads = (prompt["attention_mask"] == 0).sum(1)
+    assert pads.min() == 0 and pads.max() >= 2, "the batch must be left-padded by different amounts"
+    config = dict(max_new_tokens=16)
+    cached = generate(model, prompt, GenerationConfig(**config, use_cache=True))
+    recompute = generate(model, prompt, GenerationConfig(**config, use_cache=False))
+    alone = [generate(model, model.processor.prompt([s]), GenerationConfig(**config)).token_ids[0] for s in understanding]
+    # The test must be able to fail: the answers are long and differ between prompts.
+    assert len({tuple(t) for t in cached.token_ids}) >= 4 and max(len(t) for t in cached.token_ids) >= 8
+    assert cached.token_ids == recompute.token_ids
+    assert cached.token_ids == alone
 
 
 def test_checkpoint_of_other_architecture_is_refused(tmp_path):

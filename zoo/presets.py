@@ -1,4 +1,5 @@
-"""The study's six architectures as specs, at tiny (CPU) and paper scale.
+"""The study's six architectures and the alignment experiment's misaligned VQ-VQ as specs, at tiny (CPU)
+and paper scale.
 
 Each preset is a `{"class_path", "init_args"}` spec, the same shape as the recipes' `model:` section,
 so `zoo.config.build(preset("vq-vq"))` gives a model and tests can parametrize over `PRESETS`.
@@ -76,6 +77,12 @@ def _separate(inp: dict, out: dict, und: str, gen: str, alpha: float, scale: Sca
                           "und_projector": und, "gen_projector": gen, "alpha": alpha}}
 
 
+def _misaligned(space: dict, strength: float, scale: Scale) -> dict[str, Any]:
+    return {"class_path": "zoo.variants.MisalignedVLM",
+            "init_args": {"backbone": backbone(scale), "space": space, "strength": strength, "affine_seed": 0,
+                          "projector": "linear", "alpha": 0.2}}
+
+
 def preset(name: str, scale: Scale = "tiny", **overrides: Any) -> dict[str, Any]:
     """The spec of architecture `name` (see `PRESETS`) at `scale`, with `overrides` merged into init_args."""
     builders = {
@@ -85,6 +92,8 @@ def preset(name: str, scale: Scale = "tiny", **overrides: Any) -> dict[str, Any]
         "vq-vq": lambda: _shared(vq(scale), "linear", 0.2, scale),
         "clip-clip": lambda: _shared(clip(scale), "mlp", 1.0, scale),
         "clip-vq": lambda: _separate(clip(scale), vq(scale), "mlp", "linear", 0.2, scale),
+        # PAPER.md §4: VQ-VQ read through a fixed random affine map (recipes/smartwatch/*/vq-vq-affine0.1.yaml).
+        "vq-vq-affine0.1": lambda: _misaligned(vq(scale), 0.1, scale),
     }
     if name not in builders:
         raise ValueError(f"unknown preset {name!r}; expected one of {sorted(builders)}")
@@ -92,4 +101,4 @@ def preset(name: str, scale: Scale = "tiny", **overrides: Any) -> dict[str, Any]
     return {"class_path": spec["class_path"], "init_args": merge(spec["init_args"], overrides)}
 
 
-PRESETS = ("siglip-siglip", "siglip-vq", "vq-siglip", "vq-vq", "clip-clip", "clip-vq")
+PRESETS = ("siglip-siglip", "siglip-vq", "vq-siglip", "vq-vq", "clip-clip", "clip-vq", "vq-vq-affine0.1")

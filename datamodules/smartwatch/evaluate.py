@@ -35,7 +35,8 @@ from datamodules.smartwatch.reader import (
     read_images,
 )
 from datamodules.smartwatch.render import render_watch
-from datamodules.smartwatch.score import battery_score, chance_levels, score_caption, score_vqa, time_score
+from datamodules.smartwatch.score import (answer_type, battery_score, chance_levels, parse_caption, score_caption,
+                                          score_vqa, time_score)
 from datamodules.smartwatch.spec import WatchSpec, sample_watch
 
 _CAPTION_CHANCE_KEY = {"time": "time", "weather": "weather", "battery": "battery",
@@ -60,22 +61,79 @@ def score_records(records: list[dict[str, Any]], images: list[Any] | None = None
     if vqa:
         out["vqa"] = {**score_vqa({"ground_truth": r["ground_truth"], "answer": r["answer"]} for r in vqa),
                       "chance": chance}
-    captions = [r for r in records if r.get("task") == "caption"]
+    captions = [(r["attrs"], r["answer"]) for r in records if r.get("task") == "caption"]
     if captions:
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        for r in captions:
-            for attribute, value in score_caption(r["attrs"], r["answer"]).items():
-                sums[attribute] = sums.get(attribute, 0.0) + value
-                counts[attribute] = counts.get(attribute, 0) + 1
-        out["caption"] = {a: sums[a] / counts[a] for a in sorted(sums)}
-        out["caption"]["counts"] = counts
-        out["caption"]["chance"] = {a: chance[_CAPTION_CHANCE_KEY[a]] for a in sorted(sums)}
+        out["caption"] = _caption_table(captions)
     if reader is not None and images is not None:
         out.update(score_images(records, images, reader))
     if feature_reader is not None:
         out.update(score_features(records, feature_reader))
     return out
+
+
+def _caption_table(pairs: Sequence[tuple[dict[str, Any], str]]) -> dict[str, Any]:
+    """Mean score per attribute of (watch attrs, caption) pairs, with counts and chance."""
+    chance = chance_levels()
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for attrs, caption in pairs:
+        for attribute, value in score_caption(attrs, caption).items():
+            sums[attribute] = sums.get(attribute, 0.0) + value
+            counts[attribute] = counts.get(attribute, 0) + 1
+    table: dict[str, Any] = {a: sums[a] / counts[a] for a in sorted(sums)}
+    table["counts"] = counts
+    table["chance"] = {a: chance[_CAPTION_CHANCE_KEY[a]] for a in sorted(sums)}
+    return table
+
+
+def caption_truth(reference: str) -> dict[str, Any] | None:
+    """Watch attrs as a reference caption states them (for `score_caption`), None when it states none.
+
+    For data that carries only text (a LLaVA-format file): "mentioned" lists what the caption states, so
+    only those attributes are scored; the time is left out where the reference states no time.
+    """
+    stated = parse_caption(reference)
+    mentioned = [k for k in _CAPTION_CHANCE_KEY if stated[k] is not None]
+    if not mentioned:
+        return None
+    hour, minute, second = stated["time"] or (0, 0, 0)
+    return {"hour": hour, "minute": minute, "second": second, "battery": stated["battery"],
+            "weather": stated["weather"], "weather_pos": stated["weather_pos"],
+            "battery_pos": stated["battery_pos"], "mentioned": mentioned}
+
+
+def score_text_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"vqa", "caption"} of smart-watch records that carry only text (no watch attrs), e.g. from a
+    LLaVA-format file in the study's layout (`unizoo data smartwatch`, the study's own files).
+
+    VQA: the paper's scoring (PAPER.md §6) of every vqa record whose ground truth is a time, battery,
+    weather or position; the others are counted in "skipped". Captions: each attribute the reference
+    caption states (`caption_truth`); captions stating none are counted in "skipped".
+    """
+    out: dict[str, Any] = {}
+    vqa = [r for r in records if r.get("task") == "vqa"]
+    typed = [r for r in vqa if isinstance(r.get("ground_truth"), str) and answer_type(r["ground_truth"]) is not None]
+    if typed:
+        out["vqa"] = {**score_vqa({"ground_truth": r["ground_truth"], "answer": r["answer"]} for r in typed),
+                      "chance": chance_levels()}
+        if len(typed) < len(vqa):
+            out["vqa"]["skipped"] = len(vqa) - len(typed)
+    captions = [r for r in records if r.get("task") == "caption"]
+    pairs = [(truth, r["answer"]) for r in captions
+             if (truth := caption_truth(str(r.get("ground_truth", "")))) is not None]
+    if pairs:
+        out["caption"] = _caption_table(pairs)
+        if len(pairs) < len(captions):
+            out["caption"]["skipped"] = len(captions) - len(pairs)
+    return out
+
+
+def is_smartwatch_text(records: list[dict[str, Any]]) -> bool:
+    """Whether records look like the smart-watch study's: vqa records exist and every ground truth of
+    them is a time, battery, weather or position answer (the paper's four question types)."""
+    vqa = [r for r in records if r.get("task") == "vqa"]
+    return bool(vqa) and all(isinstance(r.get("ground_truth"), str) and answer_type(r["ground_truth"]) is not None
+                             for r in vqa)
 
 
 # ----------------------------------------------------------------------------------------- agreement
