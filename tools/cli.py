@@ -28,6 +28,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "bench": "tools.bench:bench",
     "generate": "tools.generate:generate",
     "quickstart": "tools.quickstart:quickstart",
+    "study": "tools.study:study",
     "measure": {
         "spaces": "tools.measure:spaces",
         "generation": "tools.measure:generation",
@@ -65,6 +66,18 @@ def bare_bool_flags(func, args: list[str]) -> list[str]:
         following = args[i + 1] if i + 1 < len(args) else None
         if arg in flags and (following is None or following.lower() not in _BOOL_WORDS):
             out.append("true")
+    return out
+
+
+def dashed_flags(func, args: list[str]) -> list[str]:
+    """`--dry-run` means `--dry_run` for `func`'s parameter dry_run (jsonargparse knows only the underscored name)."""
+    import inspect
+
+    names = {name.replace("_", "-"): name for name in inspect.signature(func).parameters if "_" in name}
+    out = []
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        out.append(f"--{names[flag[2:]]}{eq}{value}" if flag.startswith("--") and flag[2:] in names else arg)
     return out
 
 
@@ -155,7 +168,7 @@ def plain_command(command: str, args: list[str]):
         sub = next((a for a in args if a in components), None)
         return components, bare_bool_flags(components[sub], args) if sub is not None else list(args)
     func = _load(target)
-    return func, gathered_positionals(func, bare_bool_flags(func, args))
+    return func, gathered_positionals(func, bare_bool_flags(func, dashed_flags(func, args)))
 
 
 if __name__ == "__main__":

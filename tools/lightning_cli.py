@@ -114,7 +114,12 @@ def _expand_configs(argv: list[str], tmpdir: str) -> list[str]:
 
 
 class SafeSaveConfig(SaveConfigCallback):
-    """Save the resolved config beside the run, never over an input file (a CPU_FACTS.md §5 pitfall)."""
+    """Save the resolved config beside the run, never over an input file (a CPU_FACTS.md §5 pitfall).
+
+    A config.yaml already in the log dir is an error (Lightning's rule), unless it holds the very config
+    this run would write: the same command rerun into its fixed log dir (`--trainer.logger.init_args.version
+    0 --ckpt_path last`, as `unizoo study` resumes a killed run), which keeps the file as it is.
+    """
 
     def setup(self, trainer, pl_module, stage: str) -> None:  # noqa: D102
         log_dir = trainer.log_dir or trainer.default_root_dir
@@ -122,6 +127,14 @@ class SafeSaveConfig(SaveConfigCallback):
         inputs = {Path(str(c)).resolve() for c in (self.config.get("config") or [])}
         if target in inputs:
             raise RuntimeError(f"refusing to overwrite the input config {target}; give the run its own log dir")
+        if not self.already_saved and not self.overwrite and target.is_file():
+            try:
+                same = yaml.safe_load(target.read_text()) == yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            except (OSError, yaml.YAMLError):
+                same = False
+            if same:
+                self.already_saved = True
+                return
         super().setup(trainer, pl_module, stage)
 
 
@@ -139,6 +152,9 @@ def run_lightning_cli(argv: list[str]) -> LightningCLI:
 
     # Frozen image spaces stay in eval mode on purpose (zoo/spaces/_common.py): nothing to warn about.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    threads = os.environ.get("UNIZOO_THREADS", "").strip()
+    if threads:  # torch threads of this run (`unizoo study --threads`); OMP_NUM_THREADS alone may not apply
+        torch.set_num_threads(int(threads))
     saved_argv, sys.argv = sys.argv, sys.argv[:1]  # args come from `argv`; LightningCLI warns if both are set
     try:
         # Child ranks of a multi-process run re-run this very command (tools/launch.py).

@@ -88,7 +88,8 @@ def expand_runs(runs: list[str] | str) -> list[str]:
     return out
 
 
-def report(runs: list[str] | str, out: str = "report", probe: str | None = None, probe_images: int = 600) -> str:
+def report(runs: list[str] | str, out: str = "report", probe: str | None = None, probe_images: int = 600,
+           groups: dict[str, str] | None = None) -> str:
     """Tables and figures over evaluated runs; or, with --probe ATTRIBUTE, the adapter analysis of one run.
 
     Writes OUT/report.md (mixed vs understanding-only vs generation-only per architecture, mean and 95 %
@@ -104,6 +105,8 @@ def report(runs: list[str] | str, out: str = "report", probe: str | None = None,
         out: output folder.
         probe: an attribute (weather, weather_pos, battery_pos, hour, ...) to probe in the single run given.
         probe_images: fresh test watches rendered for the probe.
+        groups: a row label per run dir, in place of its architecture (`unizoo study` labels each run by
+            its recipe and override set): runs of one label and mix pool over seeds.
     """
     runs = expand_runs(runs)
     if probe is not None:
@@ -118,7 +121,11 @@ def report(runs: list[str] | str, out: str = "report", probe: str | None = None,
     from torch.utils.tensorboard import SummaryWriter
 
     notes: list[str] = []
-    merged = merge_runs([load_run(r, notes) for r in runs], notes)
+    labels = {str(Path(k).resolve()): v for k, v in (groups or {}).items()}
+    loaded = [load_run(r, notes) for r in runs]
+    for given, run in zip(runs, loaded):
+        run.architecture = labels.get(str(Path(given).resolve()), run.architecture)
+    merged = merge_runs(loaded, notes)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
