@@ -282,13 +282,36 @@ def _differences(saved: Any, built: Any, where: str = "") -> list[str]:
     return [] if saved == built else [f"{where}: checkpoint {saved!r}, recipe {built!r}"]
 
 
+def _constructor_defaults(cls: type) -> dict[str, Any]:
+    """Default values of `cls`'s constructor arguments, following **kwargs up its bases."""
+    import inspect
+
+    out: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        for p in params:
+            if p.default is not p.empty and p.name not in out:
+                out[p.name] = p.default
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return out
+
+
 def check_checkpoint(model: Any, path: str | os.PathLike) -> None:
     """Raise CheckpointMismatchError unless checkpoint `path` was written by `model`'s architecture."""
     ckpt = read_checkpoint(path)
     saved = ckpt.get("hyper_parameters") or {}
     built = dict(getattr(model, "hparams", {}) or {})
     if "_class_path" in saved and "_class_path" in built:
-        diff = _differences(dict(saved), built)
+        # A key one side leaves out means the constructor's default (older checkpoints predate newer args).
+        defaults = _constructor_defaults(type(model))
+        saved = {**{k: v for k, v in defaults.items() if k in built}, **saved}
+        built = {**{k: v for k, v in defaults.items() if k in saved}, **built}
+        settings = getattr(type(model), "RUN_SETTINGS", RUN_SETTINGS)
+        diff = [d for d in _differences(dict(saved), built) if d.split(":", 1)[0].split(".", 1)[0] not in settings]
         if diff:
             more = f" ... ({len(diff)} in all)" if len(diff) > 5 else ""
             raise CheckpointMismatchError(

@@ -35,6 +35,13 @@ class UnifiedVLM(Configurable, L.LightningModule):
     `image_loss` (generation objective), and at inference `next_image_token`.
     """
 
+    # Constructor arguments that change how the model trains or decodes, not which weights it has: a
+    # checkpoint may be resumed or tested with other values (`unizoo fit|test --ckpt_path` checks the rest).
+    RUN_SETTINGS = frozenset({"lr", "projector_lr", "weight_decay", "warmup_ratio", "alpha", "max_length",
+                              "eval_max_new_tokens", "eval_temperature", "eval_guidance_scale",
+                              "eval_image_temperature", "eval_image_top_k", "cache_codes", "cache_features",
+                              "init_from", "feedback_noise", "condition_dropout", "_instantiator"})
+
     def __init__(
         self,
         backbone: LanguageBackbone,
