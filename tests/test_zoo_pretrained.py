@@ -14,6 +14,9 @@ from zoo.spaces.hf import HFVisionSpace
 from zoo.spaces.vq import VQTokenizer
 
 SIGLIP, VQ = "siglip-smartwatch-tiny", "vq-smartwatch-tiny"
+SIGLIP2, VQ2 = "siglip-smartwatch-tiny-v2", "vq-smartwatch-tiny-v2"
+SIGLIPS = [n for n in (SIGLIP, SIGLIP2) if n in registry.list_models()]
+VQS = [n for n in (VQ, VQ2) if n in registry.list_models()]
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +32,7 @@ def _fresh_registry_entry(name: str) -> registry.ZooEntry:
     return registry.get_entry(name)
 
 
-@pytest.mark.parametrize("name", [SIGLIP, VQ])
+@pytest.mark.parametrize("name", SIGLIPS + VQS)
 def test_shipped_entry_is_a_verified_package_file(name):
     entry = _fresh_registry_entry(name)
     assert entry.kind == "space" and entry.weights.package_file.startswith("assets/spaces/")
@@ -39,9 +42,10 @@ def test_shipped_entry_is_a_verified_package_file(name):
     assert entry.card.seed == 0 and entry.card.metrics and "tools.train_spaces" in entry.card.how_to_reproduce
 
 
-def test_siglip_entry_loads_and_reproduces_its_probe_accuracy():
-    entry = _fresh_registry_entry(SIGLIP)
-    space = registry.create_model(SIGLIP, pretrained=True)
+@pytest.mark.parametrize("tower", SIGLIPS)
+def test_siglip_entry_loads_and_reproduces_its_probe_accuracy(tower):
+    entry = _fresh_registry_entry(tower)
+    space = registry.create_model(tower, pretrained=True)
     assert isinstance(space, HFVisionSpace) and not space.trainable
     assert space.mean == [0.5] * 3 and space.std == [0.5] * 3 and space.image_size == 64
     pixels = ev.render_pixels(ev.watches(0, "test", range(2)), 64)
@@ -54,13 +58,14 @@ def test_siglip_entry_loads_and_reproduces_its_probe_accuracy():
     assert got["probe_weather"] > 0.6 and got["probe_weather_pos"] > 0.6  # far above chance (1/3, 1/4)
 
 
-def test_vq_entry_loads_and_reproduces_its_psnr():
-    entry = _fresh_registry_entry(VQ)
-    tokenizer = registry.create_model(VQ, pretrained=True)
+@pytest.mark.parametrize("vq", VQS)
+def test_vq_entry_loads_and_reproduces_its_psnr(vq):
+    entry = _fresh_registry_entry(vq)
+    tokenizer = registry.create_model(vq, pretrained=True)
     assert isinstance(tokenizer, VQTokenizer) and tokenizer.num_tokens == 64 and tokenizer.codebook_size == 1024
     got = ev.vq_metrics(tokenizer, 0, ev.CHECK_VQ)
     assert got["psnr_db"] == pytest.approx(entry.card.metrics[f"psnr_db@{ev.CHECK_VQ}"], abs=0.1)
-    untrained = ev.vq_metrics(registry.create_model(VQ, pretrained=False), 0, 16)
+    untrained = ev.vq_metrics(registry.create_model(vq, pretrained=False), 0, 16)
     assert got["psnr_db"] > untrained["psnr_db"] + 5
 
 
