@@ -166,7 +166,12 @@ def plain_command(command: str, args: list[str]):
     if isinstance(target, dict):
         components = {sub: _load(t) for sub, t in target.items()}
         sub = next((a for a in args if a in components), None)
-        return components, bare_bool_flags(components[sub], args) if sub is not None else list(args)
+        if sub is None:
+            return components, list(args)
+        func, at = components[sub], args.index(sub)
+        # The subcommand's own words get the same fix-ups as a plain command's (bool flags, dashes, lists).
+        tail = gathered_positionals(func, bare_bool_flags(func, dashed_flags(func, args[at + 1:])))
+        return components, [*args[:at + 1], *tail]
     func = _load(target)
     return func, gathered_positionals(func, bare_bool_flags(func, dashed_flags(func, args)))
 
