@@ -143,3 +143,28 @@ def test_cli_rejects_an_unknown_space(capsys):
     with pytest.raises(SystemExit):
         main(["clip", "--out", "x"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+DECODERS = [n for n in registry.list_models() if registry.get_entry(n).kind == "decoder"]
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_shipped_pixel_decoder_reproduces_its_psnr_and_decodes_its_space(name):
+    from tools.train_pixel_decoder import _to_space
+    from zoo.config import build
+    from zoo.spaces.pixel_decoder import FeatureDecoder
+
+    entry = _fresh_registry_entry(name)
+    decoder = registry.create_model(name, pretrained=True)
+    assert isinstance(decoder, FeatureDecoder)
+    space = build({"class_path": "zoo.spaces.hf.HFVisionSpace",
+                   "init_args": {"model_class": "transformers.SiglipVisionModel", "pretrained": decoder.config["space"],
+                                 "layer": decoder.config["layer"], "pixel_decoder": f"zoo:{name}"}})
+    assert space.can_decode
+    pixels = ev.render_pixels(ev.watches(0, "test", range(64)), space.image_size)
+    with torch.no_grad():
+        decoded = space.decode(features=space.encode(_to_space(pixels, space))[0])
+    mean, std = torch.tensor(space.mean).view(1, 3, 1, 1), torch.tensor(space.std).view(1, 3, 1, 1)
+    psnr = float(ev.psnr(pixels, (decoded * std + mean) * 2 - 1).mean())
+    assert psnr == pytest.approx(entry.card.metrics["psnr_db@64"], abs=0.1)
+    assert entry.card.metrics["ceiling_reader_weather"] > 0.9  # the ceiling is on the card, measured on 500 renders
