@@ -33,7 +33,7 @@ def test_spaces_probes_read_tokens_and_reads_back_decodable_written_spaces(tmp_p
     assert saved["protocol"]["test_images"] == 20 and len(saved["results"]) == 2
 
 
-def test_generation_compares_teacher_forced_and_free_running_per_position(tmp_path):
+def _vq_run(tmp_path):
     torch.manual_seed(0)
     model = build(preset("vq-vq", "smoke", lr=1e-3, projector_lr=1e-3, weight_decay=0.0, warmup_ratio=0.0))
     data = MixedTaskDataModule([SmartWatchSource(train=4, val=1, test=1, size=32)], batch_size=4)
@@ -43,9 +43,22 @@ def test_generation_compares_teacher_forced_and_free_running_per_position(tmp_pa
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
+    return run, model
+
+
+def test_generation_compares_teacher_forced_and_free_running_per_position(tmp_path):
+    run, model = _vq_run(tmp_path)
     result = measure.generation(str(run), images=6, out=str(tmp_path / "m"))
     n = model.output_space.num_tokens
     assert result["metric"] == "code_accuracy" and result["images"] == 6
     assert len(result["teacher_forced_per_position"]) == len(result["free_running_per_position"]) == n
     assert 0.0 <= result["free_running_mean"] <= 1.0
     assert (tmp_path / "m" / "generation-run.png").is_file()
+
+
+def test_guidance_reports_reader_agreement_per_scale_on_val(tmp_path):
+    run, _ = _vq_run(tmp_path)
+    result = measure.guidance(str(run), scales=[1.0, 2.0], images=4, out=str(tmp_path / "m"))
+    assert [r["guidance_scale"] for r in result["rows"]] == [1.0, 2.0] and result["split"] == "val"
+    assert all(0.0 <= r["weather_pos"] <= 1.0 for r in result["rows"] if "weather_pos" in r)
+    assert all("hour" in r for r in result["rows"])

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "measure": {
         "spaces": "tools.measure:spaces",
         "generation": "tools.measure:generation",
+        "guidance": "tools.measure:guidance",
     },
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

@@ -3,6 +3,8 @@
 * `spaces RECIPE...`: per recipe, what the tokens its LM *reads* keep (linear probes per attribute on the
   flattened tokens, fitted on val renders, scored on test renders) and what its *written* space keeps (the
   attribute reader on decode(encode(x)): VQ reconstructions or a continuous space's pixel decoder).
+* `guidance RUN`: the attribute reader's agreement with the prompt vs classifier-free guidance scale
+  (and temperature) on val prompts, for choosing the decoding of a discrete model on val.
 * `generation RUN`: for a trained run, generation fidelity per image-token position, teacher-forced (the
   true previous tokens fed) vs free-running (its own), as code accuracy (discrete) or cosine (continuous),
   with a heat map over the image grid (code accuracy by region).
@@ -186,3 +188,49 @@ def _heatmaps(teacher: torch.Tensor, free: torch.Tensor, metric: str, path: Path
     fig.colorbar(image, ax=axes, shrink=0.8)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+@torch.no_grad()
+def guidance(run: str, scales: list[float] = (1.0, 2.0, 3.0), temperatures: list[float] = (0.0,), top_k: int = 0,
+             images: int = 100, split: str = "val", seed: int = 0, out: str = DEFAULT_OUT,
+             threads: int = 0) -> dict[str, Any]:
+    """The attribute reader's agreement with the prompt vs classifier-free guidance scale (and sampling
+    temperature) for a run's model, on `images` generation prompts of `split` (val: choose here, not on test)."""
+    from dataclasses import replace
+
+    from datamodules.smartwatch.evaluate import score_images
+    from datamodules.smartwatch.reader import DEFAULT_READER
+    from datamodules.smartwatch.source import SmartWatchSource
+    from tools.generate import load_model
+    from tools.probe import _watch_source, find_checkpoint
+    from zoo.evaluation import decode_generated, evaluate_samples
+
+    if threads:
+        torch.set_num_threads(threads)
+    path = find_checkpoint(run)
+    model = load_model(path).eval()
+    if model.output_space is None or not model.output_space.can_decode:
+        raise ValueError(f"measure guidance: {run} writes no decodable images")
+    data_seed, size = _watch_source(Path(run), model)
+    counts = {"train": 1, "val": 1, "test": 1, split: images * 3}
+    source = SmartWatchSource(**counts, seed=data_seed, size=size)
+    samples = [s for s in (source.sample(split, i) for i in range(images * 3)) if s.task == "generation"][:images]
+    rows = []
+    for temperature in temperatures:
+        for scale in scales:
+            config = replace(model.generation_config(), guidance_scale=float(scale), image_temperature=float(temperature),
+                             image_top_k=top_k, seed=seed)
+            records = []
+            for start in range(0, len(samples), 32):
+                records += evaluate_samples(model, samples[start:start + 32], config)
+            fidelity = score_images(records, decode_generated(model, records), DEFAULT_READER)["generation_fidelity"]
+            row = {"guidance_scale": scale, "temperature": temperature, "top_k": top_k,
+                   **{k: v for k, v in fidelity.items() if isinstance(v, float)}}
+            rows.append(row)
+            print("scale {guidance_scale:>4} temperature {temperature:>4}: ".format(**row)
+                  + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k not in ("guidance_scale", "temperature", "top_k")),
+                  flush=True)
+    name = Path(run).name if Path(run).is_dir() else Path(run).stem
+    result = {"run": str(run), "checkpoint": str(path), "split": split, "images": len(samples), "rows": rows}
+    _write(out, f"guidance-{name}.json", result)
+    return result
