@@ -20,7 +20,9 @@ RECIPES = ROOT / "recipes"
 COMPONENTS = RECIPES / "components"
 OVERLAYS = {RECIPES / "smartwatch" / "paper" / n for n in ("fsdp.yaml", "deepspeed-zero2.yaml")}
 TINY = sorted((RECIPES / "smartwatch" / "tiny").glob("[!_]*.yaml"))
-ALL = sorted(p for p in RECIPES.rglob("[!_]*.yaml") if COMPONENTS not in p.parents and p not in OVERLAYS)
+GRIDS = RECIPES / "study"  # `unizoo study` grid files, not recipes (tests/test_study.py; checked below)
+ALL = sorted(p for p in RECIPES.rglob("[!_]*.yaml")
+             if COMPONENTS not in p.parents and GRIDS not in p.parents and p not in OVERLAYS)
 SCALED = [p for p in ALL if p not in TINY]  # paper-scale, LLaVA and any other recipe: parse + build at smoke size
 SMALL_DATA = json.dumps([{"class_path": "datamodules.smartwatch.source.SmartWatchSource",
                           "init_args": {"train": 4, "val": 2, "test": 2, "size": 64, "seed": 0}}])
@@ -197,3 +199,14 @@ def test_paper_run_keeps_ten_evenly_spaced_checkpoints(tmp_path, capsys, monkeyp
     steps = sorted(int(n.split("step=")[1].split(".")[0]) for n in found if n.startswith("epoch="))
     assert steps == [3 * k for k in range(1, 11)], found  # 30 samples, validation every 3 batches
     assert "last.ckpt" in found and any(n.startswith("final-") for n in found)
+
+
+@pytest.mark.parametrize("path", sorted(GRIDS.glob("*.yaml")), ids=_rel)
+def test_study_grid_files_load_and_name_existing_recipes(path, monkeypatch):
+    from tools.study import load_grid
+
+    monkeypatch.chdir(ROOT)
+    grid = load_grid(path)
+    assert grid.runs, path
+    for run in grid.runs:
+        assert Path(run.recipe).is_file(), (path, run.recipe)

@@ -51,10 +51,18 @@ def measure(name: str, out_dir: str) -> tuple[dict[str, float], dict[str, int]]:
     assert protocol["split"] == "test"
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = model.eval_metrics
-    # A card key is "<group>_<metric>": vqa_position is metrics["vqa"]["position"].
-    measured = {key: metrics[key.split("_", 1)[0]][key.split("_", 1)[1]] for key in keys}
+    measured = {key: lookup(metrics, key) for key in keys}
     answers = Path(model.eval_outputs["answers"]).read_text().splitlines()
     return measured, dict(Counter(json.loads(row)["task"] for row in answers))
+
+
+def lookup(metrics: dict, key: str) -> float:
+    """A card key's value: "a/b/c" is metrics["a"]["b"]["c"]; a key without "/" is "<group>_<metric>"
+    (vqa_position is metrics["vqa"]["position"])."""
+    value = metrics
+    for part in key.split("/") if "/" in key else key.split("_", 1):
+        value = value[part]
+    return value
 
 
 @pytest.mark.parametrize("name", list_models("smartwatch-*", kind="unified"))
