@@ -49,7 +49,7 @@ def _smoke_space(spec: dict) -> dict:
         return {"class_path": spec["class_path"], "init_args": {**vq("smoke")["init_args"], "checkpoint": None}}
     family = clip if "CLIP" in str(args.get("model_class")) else siglip
     small = family("smoke")
-    return {"class_path": small["class_path"], "init_args": {**small["init_args"], "pretrained": None}}
+    return {"class_path": small["class_path"], "init_args": {**small["init_args"], "pretrained": None, "pixel_decoder": None}}
 
 
 def _smoke_overrides(recipe: dict) -> list[str]:
