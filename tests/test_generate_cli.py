@@ -14,11 +14,11 @@ from zoo.config import build
 from zoo.presets import preset
 
 
-def _trained_run(root, name: str):
+def _trained_run(root, name: str, **overrides):
     """A run directory holding checkpoints/last.ckpt of `name` at smoke scale after 2 training steps."""
     torch.manual_seed(0)
     # The optimiser settings are spelled out: a spec built outside the CLI records only what it was given.
-    model = build(preset(name, "smoke", lr=1e-3, projector_lr=1e-3, weight_decay=0.0, warmup_ratio=0.0))
+    model = build(preset(name, "smoke", lr=1e-3, projector_lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, **overrides))
     data = MixedTaskDataModule([SmartWatchSource(train=4, val=1, test=1, size=32)], batch_size=4)
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1)
@@ -69,6 +69,22 @@ def test_continuous_output_is_saved_as_features(tmp_path, capsys):
     assert "cannot be shown as pixels" in capsys.readouterr().out
     features = load_file(str(out / "image-0.safetensors"))["features"]
     assert features.shape == (model.output_space.num_tokens, model.output_space.dim)
+
+
+def test_continuous_output_with_a_pixel_decoder_is_drawn_as_png(tmp_path, capsys):
+    from zoo.spaces.pixel_decoder import FeatureDecoder, save_decoder
+
+    space = build(preset("siglip-siglip", "smoke")["init_args"]["space"])
+    decoder_file = tmp_path / "decoder.safetensors"
+    save_decoder(FeatureDecoder(space.num_tokens, space.dim, space.image_size, width=32), decoder_file)
+    run, model = _trained_run(tmp_path / "run", "siglip-siglip",
+                              space={"init_args": {"pixel_decoder": str(decoder_file)}})
+    assert model.output_space.can_decode
+    out = tmp_path / "out"
+    generate(str(run), "please draw a smart watch.", out=str(out), max_new_tokens=2, draw=True)
+    assert "image written to" in capsys.readouterr().out
+    with Image.open(out / "image-0.png") as picture:
+        assert picture.size == (space.image_size, space.image_size)
 
 
 def test_loaded_model_is_the_trained_one(vq_run):

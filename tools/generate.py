@@ -126,7 +126,8 @@ def generate(
 
     The model comes from a run directory (its checkpoints/last.ckpt) or a .ckpt file. The answer is
     printed. An image the model writes goes to OUT: VQ codes are decoded to image-N.png; continuous
-    features (e.g. SigLIP) cannot be shown as pixels and are saved as image-N.safetensors.
+    features (e.g. SigLIP) are decoded to image-N.png by the space's pixel decoder where it has one
+    (`zoo.spaces.pixel_decoder`), else saved as image-N.safetensors.
 
     Args:
         ckpt: run directory or Lightning .ckpt file of `unizoo fit`.
@@ -174,4 +175,5 @@ def generate(
             print(f"image written to {path}")
         else:
             print(f"image tokens written to {path} ({type(model.output_space).__name__} features cannot be shown "
-                  f"as pixels)")
+                  f"as pixels without a pixel decoder: give the space a `pixel_decoder`, e.g. "
+                  f"zoo:siglip-smartwatch-tiny-v2-decoder, to get PNGs)")
