@@ -177,3 +177,14 @@ def test_encoder_timer_counts_a_wrapped_space_once():
     model.input_space.encode(1)
     assert 0.1 <= spent["s"] < 0.2  # once, not once per nesting level
     assert len(restore) == 4
+
+
+def test_study_pieces_bench_reports_ratios_measured_in_one_run():
+    from tools.bench_study import bench_guidance, bench_pixel_decoder, bench_positions
+
+    guidance = bench_guidance(batch=2, repeats=1)
+    assert guidance["guidance_cost"] == guidance["guided_ms_per_image"] / guidance["unguided_ms_per_image"]
+    positions = bench_positions(steps=1, repeats=1)
+    assert positions["grid_cost"] == positions["step_ms_grid"] / positions["step_ms_none"]
+    decoder = bench_pixel_decoder(batch=4, repeats=1)
+    assert decoder["images_per_s"] > 0 and decoder["parameters"] > 0
