@@ -53,7 +53,7 @@ def test_generation_compares_teacher_forced_and_free_running_per_position(tmp_pa
     assert result["metric"] == "code_accuracy" and result["images"] == 6
     assert len(result["teacher_forced_per_position"]) == len(result["free_running_per_position"]) == n
     assert 0.0 <= result["free_running_mean"] <= 1.0
-    assert (tmp_path / "m" / "generation-run.png").is_file()
+    assert (tmp_path / "m" / "generation-run.png").is_file()  # named by the run folder
 
 
 def test_guidance_reports_reader_agreement_per_scale_on_val(tmp_path):

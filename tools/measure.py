@@ -143,13 +143,23 @@ def generation(run: str, images: int = 100, seed: int = 0, out: str = DEFAULT_OU
               "teacher_forced_mean": float(tf.mean()), "free_running_mean": float(fr.mean()),
               "teacher_forced_per_position": [round(float(v), 4) for v in tf],
               "free_running_per_position": [round(float(v), 4) for v in fr]}
-    name = Path(run).name if Path(run).is_dir() else Path(run).stem
+    name = _run_name(run)
     _write(out, f"generation-{name}.json", result)
     _heatmaps(tf, fr, metric, Path(out) / f"generation-{name}.png")
     print(f"{name}: {metric} teacher-forced {result['teacher_forced_mean']:.3f} vs free-running "
           f"{result['free_running_mean']:.3f} over {len(samples)} test prompts; first/last quarter of positions "
           f"free-running {float(fr[: len(fr) // 4].mean()):.3f} / {float(fr[-len(fr) // 4:].mean()):.3f}")
     return result
+
+
+def _run_name(run: str) -> str:
+    """A file-name stem for a run: its folder, or the folder above a Lightning `version_N` / a .ckpt file."""
+    path = Path(run)
+    if path.is_file():
+        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if path.name.startswith("version_") and path.parent.name:
+        return f"{path.parent.name}-{path.name}"
+    return path.name
 
 
 def feature_cosine_tokens(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -180,10 +190,10 @@ def _heatmaps(teacher: torch.Tensor, free: torch.Tensor, metric: str, path: Path
 
     side = int(round(math.sqrt(len(teacher))))
     shape = (side, side) if side * side == len(teacher) else (1, len(teacher))
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.8))
     for ax, values, title in ((axes[0], teacher, "teacher-forced"), (axes[1], free, "free-running")):
         image = ax.imshow(values.view(shape).numpy(), vmin=0, vmax=1, cmap="viridis")
-        ax.set_title(f"{title}: {metric} {float(values.mean()):.2f}")
+        ax.set_title(f"{title}\n{metric} {float(values.mean()):.2f}", fontsize=10)
         ax.set_xticks([]), ax.set_yticks([])
     fig.colorbar(image, ax=axes, shrink=0.8)
     fig.savefig(path, dpi=100)
@@ -230,7 +240,7 @@ def guidance(run: str, scales: list[float] = (1.0, 2.0, 3.0), temperatures: list
             print("scale {guidance_scale:>4} temperature {temperature:>4}: ".format(**row)
                   + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k not in ("guidance_scale", "temperature", "top_k")),
                   flush=True)
-    name = Path(run).name if Path(run).is_dir() else Path(run).stem
+    name = _run_name(run)
     result = {"run": str(run), "checkpoint": str(path), "split": split, "images": len(samples), "rows": rows}
     _write(out, f"guidance-{name}.json", result)
     return result
