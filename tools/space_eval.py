@@ -78,15 +78,17 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 
 def probe_accuracies(encode: Callable[[torch.Tensor], torch.Tensor], seed: int, size: int, n_fit: int = 1000,
-                     n_test: int = 500) -> dict[str, float]:
-    """Linear-probe accuracy of every `PROBES` attribute: fitted on `n_fit` val watches, scored on `n_test` test watches."""
+                     n_test: int = 500, probes: dict[str, tuple[Callable[[WatchSpec], int], int]] | None = None,
+                     prefix: str = "probe_") -> dict[str, float]:
+    """Linear-probe accuracy of every `probes` attribute (default `PROBES`): fitted on `n_fit` val watches,
+    scored on `n_test` test watches."""
     fit_specs, test_specs = watches(seed, "val", range(n_fit)), watches(seed, "test", range(n_test))
     fit_x, test_x = encode_batches(encode, fit_specs, size), encode_batches(encode, test_specs, size)
     out = {}
-    for name, (label, classes) in PROBES.items():
+    for name, (label, classes) in (probes or PROBES).items():
         fit_y = torch.tensor([label(s) for s in fit_specs])
         test_y = torch.tensor([label(s) for s in test_specs])
-        out[f"probe_{name}"] = linear_probe(fit_x, fit_y, test_x, test_y, classes)
+        out[f"{prefix}{name}"] = linear_probe(fit_x, fit_y, test_x, test_y, classes)
     return out
 
 
@@ -140,15 +142,7 @@ TOKEN_PROBES: dict[str, tuple[Callable[[WatchSpec], int], int]] = {
 def token_probe_accuracies(encode: Callable[[torch.Tensor], torch.Tensor], seed: int, size: int, n_fit: int = 1500,
                            n_test: int = 500) -> dict[str, float]:
     """Linear probes on flattened token features [B, N * D] (what a recipe's LM reads), val fit / test score."""
-    flat = lambda px: encode(px).flatten(1)  # noqa: E731
-    fit_specs, test_specs = watches(seed, "val", range(n_fit)), watches(seed, "test", range(n_test))
-    fit_x, test_x = encode_batches(flat, fit_specs, size), encode_batches(flat, test_specs, size)
-    out = {}
-    for name, (label, classes) in TOKEN_PROBES.items():
-        fit_y = torch.tensor([label(s) for s in fit_specs])
-        test_y = torch.tensor([label(s) for s in test_specs])
-        out[f"token_probe_{name}"] = linear_probe(fit_x, fit_y, test_x, test_y, classes)
-    return out
+    return probe_accuracies(lambda px: encode(px).flatten(1), seed, size, n_fit, n_test, TOKEN_PROBES, "token_probe_")
 
 
 @torch.no_grad()

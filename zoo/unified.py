@@ -347,7 +347,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
         metrics["protocol"] = self._eval_protocol(len(records))
         # Lightning would advise sync_dist for these epoch-level values: they are already over every rank's records.
         warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('test/")
-        for key, value in _flatten({k: v for k, v in metrics.items() if k != "protocol"}).items():
+        for key, value in flatten_metrics({k: v for k, v in metrics.items() if k != "protocol"}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 self.log(f"test/{key}", float(value), batch_size=1, rank_zero_only=True)
         continuous = self.output_space is not None and not self.output_space.discrete
@@ -501,11 +501,12 @@ def trainable_parameter_count(module: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested metric dicts -> {"a/b/c": value}."""
     out: dict[str, Any] = {}
     for key, value in metrics.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
+            out.update(flatten_metrics(value, f"{prefix}{key}/"))
         else:
             out[f"{prefix}{key}"] = value
     return out

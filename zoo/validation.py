@@ -16,6 +16,7 @@ import lightning as L
 import torch
 
 from zoo.sample import Sample
+from zoo.unified import flatten_metrics
 
 
 class ValidationScores(L.Callback):
@@ -65,7 +66,7 @@ class ValidationScores(L.Callback):
         generation = generation_metrics(pl_module, records)
         if generation:
             metrics["generation"] = generation
-        self.last = {k: v for k, v in flatten(metrics).items() if _is_number(v)}
+        self.last = {k: v for k, v in flatten_metrics(metrics).items() if _is_number(v)}
         for key, value in self.last.items():
             pl_module.log(f"val/{key}", float(value), batch_size=1, rank_zero_only=True)
         pl_module.train(was_training)
@@ -73,14 +74,3 @@ class ValidationScores(L.Callback):
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested metric dicts -> {"a/b/c": value}."""
-    out: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
