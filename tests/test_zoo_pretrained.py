@@ -150,7 +150,7 @@ DECODERS = [n for n in registry.list_models() if registry.get_entry(n).kind == "
 
 @pytest.mark.parametrize("name", DECODERS)
 def test_shipped_pixel_decoder_reproduces_its_psnr_and_decodes_its_space(name):
-    from tools.train_pixel_decoder import _to_space
+    from tools.space_eval import to_space_pixels as _to_space
     from zoo.config import build
     from zoo.spaces.pixel_decoder import FeatureDecoder
 

@@ -48,25 +48,33 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _accepted_init_args(class_path: str, init_args: dict[str, Any]) -> dict[str, Any]:
-    """The entries of `init_args` that `class_path`'s constructor accepts (following **kwargs up its bases)."""
+def _constructor_parameters(cls: type) -> dict[str, Any]:
+    """The named constructor parameters of `cls` (inspect.Parameter), following **kwargs up its bases."""
     import inspect
 
+    out: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                out.setdefault(p.name, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return out
+
+
+def _accepted_init_args(class_path: str, init_args: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `init_args` that `class_path`'s constructor accepts (following **kwargs up its bases)."""
     from zoo.config import import_class
 
     try:
         cls = import_class(class_path)
     except (ImportError, AttributeError, ValueError):
         return {}  # an unknown class is reported by the CLI itself, with its own message
-    accepted: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        accepted |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
+    accepted = _constructor_parameters(cls)
     return {k: v for k, v in init_args.items() if k in accepted}
 
 
@@ -284,20 +292,7 @@ def _differences(saved: Any, built: Any, where: str = "") -> list[str]:
 
 def _constructor_defaults(cls: type) -> dict[str, Any]:
     """Default values of `cls`'s constructor arguments, following **kwargs up its bases."""
-    import inspect
-
-    out: dict[str, Any] = {}
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        for p in params:
-            if p.default is not p.empty and p.name not in out:
-                out[p.name] = p.default
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return out
+    return {name: p.default for name, p in _constructor_parameters(cls).items() if p.default is not p.empty}
 
 
 def check_checkpoint(model: Any, path: str | os.PathLike) -> None:

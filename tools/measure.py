@@ -26,14 +26,11 @@ DEFAULT_OUT = "runs/measure"
 
 
 def _space_encoder(space: Any, size: int):
-    """pixels in [-1, 1] at `size` -> the features the LM gets from `space` (re-rendered in the space's convention)."""
+    """pixels in [-1, 1] at `size` -> the features the LM gets from `space` (in the space's pixel convention)."""
     def encode(pixels: torch.Tensor) -> torch.Tensor:
-        unit = (pixels + 1) / 2
-        mean = torch.tensor(space.mean).view(1, 3, 1, 1) if hasattr(space, "mean") else 0.5
-        std = torch.tensor(space.std).view(1, 3, 1, 1) if hasattr(space, "std") else 0.5
-        if unit.shape[-1] != space.image_size:
-            unit = torch.nn.functional.interpolate(unit, size=space.image_size, mode="bicubic", antialias=True)
-        features, codes = space.encode((unit - mean) / std)
+        if pixels.shape[-1] != space.image_size:
+            pixels = torch.nn.functional.interpolate(pixels, size=space.image_size, mode="bicubic", antialias=True)
+        features, codes = space.encode(ev.to_space_pixels(pixels, space))
         return space.embed_codes(codes) if codes is not None else features
     return encode
 
@@ -44,12 +41,9 @@ def _roundtrip(space: Any):
         return None
 
     def roundtrip(pixels: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(getattr(space, "mean", [0.5] * 3)).view(1, 3, 1, 1)
-        std = torch.tensor(getattr(space, "std", [0.5] * 3)).view(1, 3, 1, 1)
-        x = (pixels + 1) / 2
-        features, codes = space.encode((x - mean) / std)
+        features, codes = space.encode(ev.to_space_pixels(pixels, space))
         out = space.decode(codes=codes) if space.discrete else space.decode(features=features)
-        return (out * std + mean) * 2 - 1
+        return ev.from_space_pixels(out, space)
     return roundtrip
 
 

@@ -157,3 +157,21 @@ def reader_on_images(reader: torch.nn.Module, images: Callable[[torch.Tensor], t
         shown = images(render_pixels(specs[i:i + batch_size], size))
         readings += read_images(reader, ((shown.clamp(-1, 1) + 1) / 2))
     return reading_accuracy(readings, specs)
+
+
+def _mean_std(space: object) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(getattr(space, "mean", [0.5] * 3)).view(1, 3, 1, 1)
+    std = torch.tensor(getattr(space, "std", [0.5] * 3)).view(1, 3, 1, 1)
+    return mean, std
+
+
+def to_space_pixels(pixels: torch.Tensor, space: object) -> torch.Tensor:
+    """Renders in [-1, 1] (this module's convention) -> `space`'s own normalisation (mean/std), same size."""
+    mean, std = _mean_std(space)
+    return ((pixels + 1) / 2 - mean) / std
+
+
+def from_space_pixels(pixels: torch.Tensor, space: object) -> torch.Tensor:
+    """Inverse of `to_space_pixels`: `space`'s normalisation -> [-1, 1]."""
+    mean, std = _mean_std(space)
+    return (pixels * std + mean) * 2 - 1

@@ -45,7 +45,7 @@ def train_decoder(out: str | Path, *, space: dict[str, Any], seed: int = 0, step
             specs = ev.watches(seed, "train", range(step * batch_size, (step + 1) * batch_size))
             pixels = ev.render_pixels(specs, size)  # [-1, 1], the decoder's output convention
             with torch.no_grad():
-                tokens, _ = frozen.encode(_to_space(pixels, frozen))
+                tokens, _ = frozen.encode(ev.to_space_pixels(pixels, frozen))
             recon = decoder(tokens)
             rec_loss = weighted_reconstruction(recon, pixels, detail_weight, l1_weight)
             loss = rec_loss + (reader_weight * consistency(recon, specs) if consistency is not None else 0)
@@ -57,7 +57,7 @@ def train_decoder(out: str | Path, *, space: dict[str, Any], seed: int = 0, step
     out = Path(out)
     digest = save_decoder(decoder.eval(), out)
     saved = load_decoder(out)
-    decode_true = lambda px: saved(frozen.encode(_to_space(px, frozen))[0])  # noqa: E731
+    decode_true = lambda px: saved(frozen.encode(ev.to_space_pixels(px, frozen))[0])  # noqa: E731
     metrics = {f"ceiling_{k}": v for k, v in _reader_metrics(decode_true, seed, eval_test, size, reader, judge).items()}
     with torch.no_grad():
         px = ev.render_pixels(ev.watches(seed, "test", range(64)), size)
@@ -69,10 +69,3 @@ def train_decoder(out: str | Path, *, space: dict[str, Any], seed: int = 0, step
     card["decoder_config"] = dict(saved.config)
     assert card["sha256"] == digest
     return card
-
-
-def _to_space(pixels: torch.Tensor, space: Any) -> torch.Tensor:
-    """Renders in [-1, 1] -> the space's own pixel normalisation (mean/std), at the same size."""
-    mean = torch.tensor(space.mean).view(1, 3, 1, 1)
-    std = torch.tensor(space.std).view(1, 3, 1, 1)
-    return ((pixels + 1) / 2 - mean) / std
