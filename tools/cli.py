@@ -33,6 +33,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "spaces": "tools.measure:spaces",
         "generation": "tools.measure:generation",
         "guidance": "tools.measure:guidance",
+        "prompt": "tools.measure:prompt",
     },
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

@@ -8,6 +8,9 @@
 * `generation RUN`: for a trained run, generation fidelity per image-token position, teacher-forced (the
   true previous tokens fed) vs free-running (its own), as code accuracy (discrete) or cosine (continuous),
   with a heat map over the image grid (code accuracy by region).
+* `prompt RUN`: does the model use its generation prompt? The teacher-forced image loss of val prompts
+  against the same images under another sample's prompt, for every checkpoint of the run (or one): a model
+  that ignores its prompt scores the same on both, and nothing but its marginal image can come out.
 
 Both write JSON (and PNGs) to `--out` and print a table.
 """
@@ -238,3 +241,69 @@ def guidance(run: str, scales: list[float] = (1.0, 2.0, 3.0), temperatures: list
     result = {"run": str(run), "checkpoint": str(path), "split": split, "images": len(samples), "rows": rows}
     _write(out, f"guidance-{name}.json", result)
     return result
+
+
+@torch.no_grad()
+def prompt(run: str, images: int = 100, split: str = "val", all_checkpoints: bool = True, out: str = DEFAULT_OUT,
+           threads: int = 0) -> dict[str, Any]:
+    """Teacher-forced image loss with each image's own prompt vs a shuffled one, per checkpoint of a run.
+
+    The gap (shuffled - own, nats per image token; over all tokens and over the first image row, whose
+    tokens no earlier image token predicts) measures how much of the image the model draws from its prompt.
+    """
+    from datamodules.smartwatch.source import SmartWatchSource
+    from tools.generate import load_model
+    from tools.probe import _watch_source, find_checkpoint
+
+    if threads:
+        torch.set_num_threads(threads)
+    last = find_checkpoint(run)
+    paths = _checkpoints_in_order(last) if all_checkpoints else [last]
+    rows = []
+    for path in paths:
+        model = load_model(path).eval()
+        if model.output_space is None:
+            raise ValueError(f"measure prompt: {run} writes no images")
+        if not rows:  # the same samples for every checkpoint
+            data_seed, size = _watch_source(Path(run), model)
+            counts = {"train": 1, "val": 1, "test": 1, split: images * 3}
+            source = SmartWatchSource(**counts, seed=data_seed, size=size)
+            own = [s for s in (source.sample(split, i) for i in range(images * 3)) if s.task == "generation"][:images]
+            shuffled = [_with_prompt_of(s, own[(i + 1) % len(own)]) for i, s in enumerate(own)]
+        n, width = model.output_space.num_tokens, int(round(math.sqrt(model.output_space.num_tokens)))
+        losses = {}
+        for name, samples in (("own", own), ("shuffled", shuffled)):
+            per_token = torch.cat([model(model.processor(samples[k:k + 25]))["image_loss"].view(-1, n)
+                                   for k in range(0, len(samples), 25)])
+            losses[name] = per_token
+        gap = losses["shuffled"] - losses["own"]
+        row = {"checkpoint": str(path), "step": _step_of(path), "own_loss": float(losses["own"].mean()),
+               "shuffled_loss": float(losses["shuffled"].mean()), "gap": float(gap.mean()),
+               "gap_first_row": float(gap[:, :width].mean())}
+        rows.append(row)
+        print(f"{Path(path).name}: image loss own {row['own_loss']:.4f}, shuffled prompt {row['shuffled_loss']:.4f}, "
+              f"gap {row['gap']:+.4f} (first row {row['gap_first_row']:+.4f})", flush=True)
+    result = {"run": str(run), "split": split, "images": len(own), "rows": rows}
+    _write(out, f"prompt-{_run_name(run)}.json", result)
+    return result
+
+
+def _with_prompt_of(sample: Any, other: Any) -> Any:
+    """`sample` (its image and reply) asked for with `other`'s request."""
+    from dataclasses import replace
+
+    return replace(sample, turns=[dict(other.turns[0]), *[dict(t) for t in sample.turns[1:]]])
+
+
+def _checkpoints_in_order(last: Path) -> list[Path]:
+    """Every step checkpoint beside `last`, by step, then `last` itself (the final weights)."""
+    steps = sorted((p for p in Path(last).parent.glob("*.ckpt") if _step_of(p) is not None), key=_step_of)
+    return [p for p in steps if p != Path(last)] + [Path(last)]
+
+
+def _step_of(path: Path | str) -> int | None:
+    """The training step in a checkpoint's file name (`step01313.ckpt`, `epoch=0-step=131.ckpt`), or None."""
+    import re
+
+    match = re.search(r"step=?(\d+)", Path(path).stem)
+    return int(match.group(1)) if match else None
