@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import shutil
 import sys
@@ -17,19 +16,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
+# Checkpoint reading and checking live in zoo/checkpoint.py; the names stay importable from here.
+from zoo.checkpoint import RUN_SETTINGS, CheckpointMismatchError, check_state_dict, read_checkpoint, setting_differences
+
 BASE_KEY = "_base"
-# Model arguments a resumed or evaluated run may change: they shape training or decoding, not the weights.
-RUN_SETTINGS = frozenset({"lr", "projector_lr", "weight_decay", "warmup_ratio", "alpha", "max_length",
-                          "eval_max_new_tokens", "eval_temperature", "cache_codes", "init_from"})
 _LAST = re.compile(r"^last(-v\d+)?\.ckpt$")  # Lightning's names for save_last files
 
 
 class RecipeError(ValueError):
     """A recipe or command line that the CLI cannot parse (unknown key, unknown class_path, wrong type)."""
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint that does not fit the model the recipe builds (another architecture)."""
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -254,42 +249,6 @@ class UnizooCLI(LightningCLI):
             raise
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A Lightning checkpoint loaded with weights_only=True (memory-mapped); clear errors for bad files."""
-    from zoo.hub import UnsafeCheckpointError
-
-    path = Path(path)
-    try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"{path}: refused: the checkpoint holds pickled objects other than tensors and plain containers; "
-            f"unizoo loads checkpoints only with torch.load(weights_only=True)") from None
-    except Exception as err:  # truncated zip, wrong magic number, ...
-        raise ValueError(f"{path}: cannot read checkpoint (truncated or corrupt?): {err}") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' dict)")
-    return ckpt
-
-
-def _differences(saved: Any, built: Any, where: str = "") -> list[str]:
-    if isinstance(saved, dict) and isinstance(built, dict):
-        out = []
-        for key in sorted(set(saved) | set(built), key=str):
-            if where == "" and key in RUN_SETTINGS | {"_instantiator"}:
-                continue
-            out += _differences(saved.get(key), built.get(key), f"{where}.{key}" if where else str(key))
-        return out
-    if isinstance(saved, (list, tuple)) and isinstance(built, (list, tuple)):
-        saved, built = list(saved), list(built)
-    return [] if saved == built else [f"{where}: checkpoint {saved!r}, recipe {built!r}"]
-
-
 def _constructor_defaults(cls: type) -> dict[str, Any]:
     """Default values of `cls`'s constructor arguments, following **kwargs up its bases."""
     return {name: p.default for name, p in _constructor_parameters(cls).items() if p.default is not p.empty}
@@ -305,23 +264,17 @@ def check_checkpoint(model: Any, path: str | os.PathLike) -> None:
         defaults = _constructor_defaults(type(model))
         saved = {**{k: v for k, v in defaults.items() if k in built}, **saved}
         built = {**{k: v for k, v in defaults.items() if k in saved}, **built}
-        settings = getattr(type(model), "RUN_SETTINGS", RUN_SETTINGS)
-        diff = [d for d in _differences(dict(saved), built) if d.split(":", 1)[0].split(".", 1)[0] not in settings]
+        # The model class may extend the settings it lets a run change (zoo/checkpoint.py has the list).
+        diff = setting_differences(dict(saved), built, getattr(type(model), "RUN_SETTINGS", RUN_SETTINGS))
         if diff:
             more = f" ... ({len(diff)} in all)" if len(diff) > 5 else ""
             raise CheckpointMismatchError(
                 f"{path} was written by another architecture than the recipe builds: {'; '.join(diff[:5])}{more}. "
                 "Pass the recipe the checkpoint was trained with (or leave out the model to rebuild it from the checkpoint)")
-    state, own = ckpt["state_dict"], model.state_dict()
-    frozen = model.frozen_state_keys() if hasattr(model, "frozen_state_keys") else set()
-    shapes = sorted(f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-                    if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape))
-    missing, unexpected = sorted(set(own) - set(state) - set(frozen)), sorted(set(state) - set(own))
-    if shapes or missing or unexpected:
-        raise CheckpointMismatchError(
-            f"{path} does not fit {type(model).__name__}: {len(shapes)} shape mismatches {shapes[:3]}, "
-            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}; "
-            "was it written by another architecture?")
+    # Without hyperparameters (bare weights) the state dict alone tells; frozen keys reload from their source.
+    frozen = model.frozen_state_keys() if hasattr(model, "frozen_state_keys") else ()
+    check_state_dict(ckpt["state_dict"], model.state_dict(), where=f"{path} does not fit {type(model).__name__}",
+                     allowed_missing=frozen)
 
 
 def _checkpoint_dirs(trainer: Any) -> list[Path]:

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 
 from zoo import hub, registry
+from zoo.checkpoint import read_checkpoint
 
 
 def list_entries(pattern: str = "*") -> None:
@@ -147,16 +146,8 @@ def _find_checkpoint(run: Path) -> Path:
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise hub.UnsafeCheckpointError(f"{path}: refused: holds pickled objects beyond tensors and plain "
-                                        f"containers (loaded only with weights_only=True)") from err
-    except Exception as err:
-        raise ValueError(f"{path}: cannot read checkpoint: {err}") from err
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a Lightning checkpoint dict, found {type(ckpt).__name__}")
-    return ckpt
+    # The one safe reader (weights_only=True); publish checks the state dict itself, with its own message.
+    return read_checkpoint(path, lightning=False)
 
 
 def _search_dirs(run: Path, ckpt: Path) -> list[Path]:

@@ -170,29 +170,16 @@ def load_pretrained(model: nn.Module, entry: ZooEntry, *, offline: bool | None =
     state = hub.load_state_dict_file(path)
     if entry.state_prefix:
         state = {entry.state_prefix + key: value for key, value in state.items()}
-    own = model.state_dict()
-    where = f"zoo entry {entry.name!r} ({path})"
-    unexpected = sorted(set(state) - set(own))
-    if unexpected:
-        raise ValueError(f"{where}: weights hold keys the model does not have: {_short(unexpected)}")
-    missing = sorted(set(own) - set(state))
-    if missing and not entry.partial:
-        # Keys the model itself declares as coming from elsewhere (frozen upstream towers) may be absent.
-        patterns = list(model.frozen_state_keys()) if hasattr(model, "frozen_state_keys") else []
-        unexplained = [k for k in missing if not any(fnmatch.fnmatchcase(k, p) for p in patterns)]
-        if unexplained:
-            raise ValueError(f"{where}: weights lack keys the model needs: {_short(unexplained)} (a model may "
-                             f"list keys it loads elsewhere in frozen_state_keys(); an entry may set partial=True)")
-    wrong = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
-             if v.shape != own[k].shape]
-    if wrong:
-        raise ValueError(f"{where}: shape mismatch: {_short(wrong)}")
+    from zoo.checkpoint import check_state_dict
+
+    # Keys the model itself declares as coming from elsewhere (frozen upstream towers; exact keys or globs)
+    # may be absent, and any key where the entry says its weights are partial. Raises CheckpointMismatchError.
+    check_state_dict(state, model.state_dict(), where=f"zoo entry {entry.name!r} ({path}): weights do not fit "
+                     f"{type(model).__name__}", missing_ok=entry.partial,
+                     allowed_missing=model.frozen_state_keys() if hasattr(model, "frozen_state_keys") else (),
+                     hint="a model may list keys it loads elsewhere in frozen_state_keys(); an entry may set partial=True")
     model.load_state_dict(state, strict=False)
     return model
-
-
-def _short(items: list[str], n: int = 8) -> str:
-    return ", ".join(items[:n]) + (f" ... ({len(items)} in all)" if len(items) > n else "")
 
 
 # ----------------------------------------------------------------------------- published / shipped entries

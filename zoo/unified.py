@@ -11,20 +11,15 @@ import lightning as L
 import torch
 from torch import nn
 
+from zoo import checkpoint as zoo_checkpoint  # `checkpoint` is Lightning's hook argument name
 from zoo.adapters import GridPositionEmbedding, ImagePositions, ProjectorKind, make_head, make_projector
 from zoo.backbone import LanguageBackbone
+from zoo.checkpoint import CheckpointMismatchError  # noqa: F401  (re-exported: older imports name zoo.unified)
 from zoo.config import Configurable, build
 from zoo.objectives import IGNORE_INDEX, ImageLossKind, image_token_loss, per_group_mean, text_cross_entropy
 from zoo.processor import UnifiedProcessor
 from zoo.sample import TASKS
 from zoo.spaces.base import ImageSpace
-
-_RELOADABLE_ARGS = ("pretrained", "checkpoint", "model", "checkpoint_path")
-
-
-class CheckpointMismatchError(ValueError, RuntimeError):
-    """A checkpoint whose weights do not fit the model (another architecture or size)."""
-
 
 class UnifiedVLM(Configurable, L.LightningModule):
     """A unified vision-language model (DESIGN.md §3-4).
@@ -37,10 +32,8 @@ class UnifiedVLM(Configurable, L.LightningModule):
 
     # Constructor arguments that change how the model trains or decodes, not which weights it has: a
     # checkpoint may be resumed or tested with other values (`unizoo fit|test --ckpt_path` checks the rest).
-    RUN_SETTINGS = frozenset({"lr", "projector_lr", "weight_decay", "warmup_ratio", "alpha", "max_length",
-                              "eval_max_new_tokens", "eval_temperature", "eval_guidance_scale",
-                              "eval_image_temperature", "eval_image_top_k", "cache_codes", "cache_features",
-                              "init_from", "feedback_noise", "condition_dropout", "_instantiator"})
+    # The list and why it is explicit: zoo/checkpoint.py. A subclass with settings of its own extends it.
+    RUN_SETTINGS = zoo_checkpoint.RUN_SETTINGS
 
     def __init__(
         self,
@@ -426,26 +419,15 @@ class UnifiedVLM(Configurable, L.LightningModule):
             raise ValueError("cache_codes=True needs a discrete (VQ) space; cache_features=True a continuous one")
         return CodeCache(wanted[0])
 
+    # Checkpoint policy lives in zoo/checkpoint.py; these methods stay because subclasses override them and
+    # other code (registry, CLI) calls them on any model.
     def reloadable_prefixes(self) -> list[str]:
         """State-dict prefixes of frozen components that rebuild from their own source (hub id, path)."""
-        prefixes = []
-        for name in ("backbone", "input_space", "output_space"):
-            module = getattr(self, name)
-            if module is None:
-                continue
-            args = module.spec()["init_args"]
-            nested = args.get("base") if isinstance(args.get("base"), dict) else {}
-            if any(args.get(k) for k in _RELOADABLE_ARGS) or any((nested.get("init_args") or {}).get(k) for k in _RELOADABLE_ARGS):
-                prefixes.append(f"{name}.")
-        return prefixes
+        return zoo_checkpoint.reloadable_prefixes(self)
 
     def frozen_state_keys(self) -> set[str]:
         """Keys left out of checkpoints: frozen parameters of components that reload from their source."""
-        prefixes = tuple(self.reloadable_prefixes())
-        if not prefixes:
-            return set()
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k for k in self.state_dict() if k.startswith(prefixes) and k not in trainable}
+        return zoo_checkpoint.frozen_state_keys(self, self.reloadable_prefixes())
 
     def load_matching_weights(self, path: str) -> dict[str, int]:
         """Start from another run's weights where names and shapes match (LLaVA stage 2 from stage 1).
@@ -454,20 +436,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
         trainable-token rows of a frozen/LoRA stage do not map onto a fully trained embedding: the four
         image-token rows restart from their initialisation; the projectors and head carry over.
         """
-        import logging
-
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"init_from: checkpoint {path!r} not found")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        own = self.state_dict()
-        matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        if not matched:
-            raise RuntimeError(f"init_from {path}: no weight matches this model's names and shapes")
-        super().load_state_dict(matched, strict=False)
-        counts = {"loaded": len(matched), "skipped": len(state) - len(matched)}
-        logging.getLogger(__name__).info("init_from %s: %s", path, counts)
-        return counts
+        return zoo_checkpoint.load_matching_weights(self, path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep trainable weights and the config; drop frozen weights that reload from their source."""
@@ -481,17 +450,11 @@ class UnifiedVLM(Configurable, L.LightningModule):
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
         """Load, accepting only the frozen reloadable keys as missing; anything else is an error."""
-        own = self.state_dict()
-        mismatched = sorted(k for k, v in state_dict.items() if k in own and own[k].shape != v.shape)
-        # written_feature_norm is optional: checkpoints from before it existed feed back raw predictions.
-        missing = set(own) - set(state_dict) - self.frozen_state_keys() - {"written_feature_norm"}
-        unexpected = sorted(set(state_dict) - set(own))
-        if mismatched or (strict and (missing or unexpected)):
-            raise CheckpointMismatchError(
-                f"checkpoint does not fit {type(self).__name__}: {len(mismatched)} shape mismatches "
-                f"(e.g. {mismatched[:3]}), {len(missing)} missing keys (e.g. {sorted(missing)[:3]}), "
-                f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}); was it written by another architecture?"
-            )
+        # Shapes are always checked (torch would fail later, less clearly); strict=False waives the key sets.
+        zoo_checkpoint.check_state_dict(
+            state_dict, self.state_dict(), where=f"checkpoint does not fit {type(self).__name__}",
+            allowed_missing=[*self.frozen_state_keys(), *zoo_checkpoint.OPTIONAL_STATE_KEYS],
+            missing_ok=not strict, unexpected_ok=not strict)
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
 
