@@ -87,7 +87,7 @@ def test_report_tables_and_figures(study, tmp_path):
     md = (out / "report.md").read_text()
     summary = json.loads((out / "summary.json").read_text())
     lines = md.splitlines()
-    row_a = next(line for line in lines if line.startswith("| SharedSpaceVLM(SiglipVisionModel[h128x4])"))
+    row_a = next(line for line in lines if line.startswith("| SharedSpaceVLM(SiglipVisionModel[zoo:siglip-smartwatch-tiny])"))
     # vqa/total is the first table: mixed, understanding, generation columns, intervals by hand
     assert "| 0.850 ± 0.635 (n=2) | 0.720 ± 0.254 (n=2) | 0.350 ± 0.635 (n=2) |" in row_a
     assert "vqa/total (chance 0.430)" in md

@@ -182,13 +182,16 @@ def _image_prompts(model, batch_size: int, seed: int = 0) -> dict[str, Any]:
 def generation_model(image_tokens: int, recipe: str | os.PathLike | None = None):
     """The tiny SigLIP-SigLIP model (or `recipe`'s model) with its vision space resized to `image_tokens` tokens.
 
-    The default is the tiny preset's random-init tower (a config, not the shipped 64 px weights), so the
-    image grid can be resized: decoding cost depends on shapes, not on weights.
+    The default is the `siglip-siglip.tiny` architecture with a random-init tower of the shipped one's size
+    (a config, not the shipped 64 px weights), so the image grid can be resized: decoding cost depends on
+    shapes, not on weights.
     """
     from zoo.config import merge
-    from zoo.presets import preset
+    from zoo.presets import preset, siglip
 
-    spec = _recipe_parts(recipe)[0] if recipe else preset("siglip-siglip", "tiny")
+    spec = _recipe_parts(recipe)[0] if recipe else preset("siglip-siglip", "tiny", space=None)
+    if not recipe:
+        spec["init_args"]["space"] = siglip("tiny")
     space = spec["init_args"].get("space") or spec["init_args"].get("output_space")
     cfg = (space or {}).get("init_args", {}).get("config")
     if not cfg or "patch_size" not in cfg:

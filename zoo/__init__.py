@@ -15,6 +15,7 @@ from zoo.sample import IMAGE_MARKER, Sample
 _EXPORTS = {
     # the zoo registry
     "create_model": "zoo.registry", "list_models": "zoo.registry", "get_entry": "zoo.registry",
+    "list_pretrained": "zoo.registry",
     "register": "zoo.registry", "register_from_json": "zoo.registry", "load_pretrained": "zoo.registry",
     "ZooEntry": "zoo.registry", "ModelCard": "zoo.registry", "UnknownModelError": "zoo.registry",
     # weights
@@ -45,7 +46,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily b
     from zoo.presets import preset
     from zoo.processor import UnifiedProcessor
     from zoo.registry import (ModelCard, UnknownModelError, ZooEntry, create_model, get_entry, list_models,
-                              load_pretrained, register, register_from_json)
+                              list_pretrained, load_pretrained, register, register_from_json)
     from zoo.spaces import AffineSpace, HFVisionSpace, ImageSpace, TimmSpace, VQTokenizer
     from zoo.unified import UnifiedVLM
     from zoo.variants import MisalignedVLM, SeparateSpacesVLM, SharedSpaceVLM

@@ -11,6 +11,8 @@ Adding models:
 - models published elsewhere (a folder or an HF repo): `register_from_json(path)`;
 - anything else: `register(ZooEntry(...))`.
 Upstream components (SigLIP, CLIP, Vicuna, LlamaGen's VQ) are registered at the bottom of this file.
+Architectures (kind "architecture", `<arch>.<scale>`: untrained specs, the table of zoo/architectures.py)
+are registered there too; a trained entry names its architecture (`architecture`), `list_pretrained` lists them.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from zoo import hub
 from zoo.config import build, merge
 from zoo.hub import WeightsSource
 
-KINDS = ("unified", "space", "decoder", "language_model", "reader", "upstream")
+# "architecture": an untrained `<arch>.<scale>` spec of zoo/architectures.py; trained weights name one.
+KINDS = ("unified", "space", "decoder", "language_model", "reader", "upstream", "architecture")
 SHIPPED_DIR = "assets/weights"  # inside the zoo package
 
 
@@ -70,6 +73,9 @@ class ZooEntry:
     description: str = ""
     partial: bool = False  # the weights file may leave some of the model's keys out
     state_prefix: str = ""  # put before every key of the weights file (upstream files of a sub-module)
+    # The `<arch>.<scale>` architecture entry these weights were trained as (pretrained weights are its tags;
+    # `list_pretrained`); None where the model is no architecture of the table.
+    architecture: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or any(c.isspace() for c in self.name):
@@ -133,6 +139,19 @@ def list_models(pattern: str = "*", kind: str | None = None) -> list[str]:
                   if fnmatch.fnmatchcase(n, pattern) and (kind is None or e.kind == kind))
 
 
+def list_pretrained(pattern: str = "*") -> dict[str, list[str]]:
+    """Architecture entry -> the registered weights trained as it (timm's pretrained tags), sorted.
+
+    `pattern` (shell-style) matches the architecture's name or a weights entry's name.
+    """
+    out: dict[str, list[str]] = {}
+    for name in sorted(_REGISTRY):
+        arch = _REGISTRY[name].architecture
+        if arch is not None and (fnmatch.fnmatchcase(arch, pattern) or fnmatch.fnmatchcase(name, pattern)):
+            out.setdefault(arch, []).append(name)
+    return dict(sorted(out.items()))
+
+
 def get_entry(name: str) -> ZooEntry:
     """The entry called `name`; an unknown name's error lists close matches."""
     try:
@@ -158,7 +177,9 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Mo
         if entry.weights is not None:
             load_pretrained(model, entry)
         elif entry.kind != "upstream":
-            raise ValueError(f"zoo entry {name!r} has no weights; use pretrained=False")
+            tags = list_pretrained(name).get(name) if entry.kind == "architecture" else None
+            hint = f" (weights trained as this architecture: {', '.join(tags)})" if tags else ""
+            raise ValueError(f"zoo entry {name!r} has no weights; use pretrained=False{hint}")
     return model
 
 
@@ -228,14 +249,35 @@ def register_shipped() -> list[str]:
 # ----------------------------------------------------------------------------- README table
 
 
-def entries_table_markdown(pattern: str = "*") -> str:
-    """The README's zoo table: name, kind, description, headline metrics, weights location and size."""
+def entries_table_markdown(pattern: str = "*", kind: str | None = None) -> str:
+    """The README's zoo table: name, kind, description, headline metrics, weights location and size.
+
+    Architecture entries are left out unless `kind="architecture"` (`architectures_table_markdown` lists them).
+    """
     rows = ["| Name | Kind | Description | Metrics | Weights |", "|---|---|---|---|---|"]
-    for name in list_models(pattern):
+    for name in list_models(pattern, kind):
         entry = _REGISTRY[name]
+        if kind is None and entry.kind == "architecture":
+            continue
         metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in list(entry.card.metrics.items())[:3]) or "-"
         rows.append(f"| `{name}` | {entry.kind} | {_cell(entry.description)} | {_cell(metrics)} | "
                     f"{_cell(_weights_cell(entry))} |")
+    return "\n".join(rows) + "\n"
+
+
+def architectures_table_markdown() -> str:
+    """One row per architecture: its scales (entry `<arch>.<scale>`, with its recipe) and the weights tagged on it."""
+    from zoo.architectures import ARCHITECTURES, SCALES
+
+    rows = ["| Architecture | " + " | ".join(SCALES) + " | Pretrained |", "|---" * (len(SCALES) + 2) + "|"]
+    tags = list_pretrained()
+    for arch in ARCHITECTURES:
+        cells, weights = [], []
+        for scale in SCALES:
+            entry = _REGISTRY.get(f"{arch}.{scale}")
+            cells.append("-" if entry is None else f"[recipe]({entry.card.recipe})" if entry.card.recipe else "yes")
+            weights += tags.get(f"{arch}.{scale}", [])
+        rows.append(f"| {arch} | " + " | ".join(cells) + f" | {', '.join(f'`{w}`' for w in weights) or '-'} |")
     return "\n".join(rows) + "\n"
 
 
@@ -319,5 +361,13 @@ def _register_upstream() -> None:
                        "the entry's weights.sha256 (and a /resolve/<commit>/ URL).")))
 
 
+def _register_architectures() -> None:
+    from zoo.architectures import entries
+
+    for data in entries():
+        register(ZooEntry.from_dict(data, origin="zoo/architectures.py"))
+
+
 _register_upstream()
+_register_architectures()
 register_shipped()
