@@ -12,24 +12,32 @@ from zoo import hub, registry
 from zoo.checkpoint import read_checkpoint
 
 
-def list_entries(pattern: str = "*") -> None:
+def list_entries(pattern: str = "*", kind: str | None = None) -> None:
     """List zoo models whose names match a shell-style pattern.
 
     Args:
-        pattern: e.g. "smartwatch-*"; "*" lists everything.
+        pattern: e.g. "smartwatch-*" or "vq-vq.*" (an architecture at every scale); "*" lists everything.
+        kind: only entries of this kind, e.g. architecture (untrained `<arch>.<scale>` specs; their weights
+            column lists the pretrained models trained as them), unified, space.
     """
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"unizoo models matching {pattern!r}")
-    for column in ("name", "kind", "description", "metrics", "weights"):
+    for column in ("name", "kind"):  # whole, so they can be copied (`zoo.create_model(NAME)`)
+        table.add_column(column, no_wrap=True)
+    for column in ("description", "metrics", "weights"):
         table.add_column(column, overflow="fold")
-    for name in registry.list_models(pattern):
+    tags = registry.list_pretrained()
+    for name in registry.list_models(pattern, kind):
         entry = registry.get_entry(name)
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in entry.card.metrics.items())
         where = (entry.weights.describe() if entry.weights
-                 else f"upstream {entry.upstream_id}" if entry.upstream_id else "-")
+                 else f"upstream {entry.upstream_id}" if entry.upstream_id
+                 else "pretrained: " + ", ".join(tags[name]) if name in tags else "-")
+        if entry.architecture:
+            where += f" (architecture {entry.architecture})"
         table.add_row(name, entry.kind, entry.description, metrics or "-", where)
     Console().print(table)
 
@@ -75,7 +83,8 @@ def pull(name: str, offline: bool = False) -> None:
 
 
 def publish(run: str, name: str, to: str, description: str = "",
-            kind: Literal["unified", "space", "language_model", "reader"] = "unified") -> str:
+            kind: Literal["unified", "space", "language_model", "reader"] = "unified",
+            architecture: str | None = None) -> str:
     """Publish a trained run as a zoo entry: `<to>/<name>.safetensors` + `<to>/<name>.json`.
 
     Args:
@@ -84,6 +93,8 @@ def publish(run: str, name: str, to: str, description: str = "",
         to: a local directory, or `hf:org/name` to upload both files to a Hugging Face model repo.
         description: one line for the zoo table.
         kind: entry kind (unified, space, language_model, reader).
+        architecture: the `<arch>.<scale>` entry the run trained (`unizoo zoo list --kind architecture`):
+            the published weights become one of its pretrained tags.
     """
     ckpt_path = _find_checkpoint(Path(run))
     ckpt = _load_checkpoint(ckpt_path)
@@ -103,8 +114,12 @@ def publish(run: str, name: str, to: str, description: str = "",
         how_to_reproduce=f"unizoo fit --config {config_path}" if config_path else "",
         notes=f"published from {ckpt_path.name}")
     filename = f"{name}.safetensors"
+    if architecture is not None and registry.get_entry(architecture).kind != "architecture":
+        raise ValueError(f"{architecture!r} is a zoo entry of kind {registry.get_entry(architecture).kind!r}, "
+                         f"not an architecture (see `unizoo zoo list --kind architecture`)")
     entry = registry.ZooEntry(name=name, kind=kind, class_path=class_path, init_args=init_args,
-                              card=card, description=description)  # validates name, kind, class_path
+                              card=card, description=description,
+                              architecture=architecture)  # validates name, kind, class_path
 
     def write(folder: Path, weights_location: dict[str, str]) -> str:
         digest = hub.save_state_dict_file(state, folder / filename, metadata={"unizoo_name": name,
@@ -208,24 +223,28 @@ def _read_metrics(path: Path) -> dict[str, float]:
 
 
 README_START, README_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+ARCH_START, ARCH_END = "<!-- architecture-table:start -->", "<!-- architecture-table:end -->"
 
 
 def readme_table(readme: str = "README.md", check: bool = False) -> None:
     """Regenerate the zoo table between the README's zoo-table markers from the registry.
 
+    Architecture entries have their own compact table, between architecture-table markers where the README
+    has them (one row per architecture, one column per scale).
+
     Args:
         readme: the README to update in place.
         check: only check that the README's table is current (exit 1 if not).
     """
-    from zoo.registry import entries_table_markdown
+    from zoo.registry import architectures_table_markdown, entries_table_markdown
 
     path = Path(readme)
     text = path.read_text()
     if README_START not in text or README_END not in text:
         raise SystemExit(f"{readme}: no {README_START} ... {README_END} markers")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    new = f"{head}{README_START}\n{entries_table_markdown()}{README_END}{tail}"
+    new = _replace_between(text, README_START, README_END, entries_table_markdown())
+    if ARCH_START in new and ARCH_END in new:
+        new = _replace_between(new, ARCH_START, ARCH_END, architectures_table_markdown())
     if check:
         if new != text:
             raise SystemExit(f"{readme}: the zoo table is out of date; run `unizoo zoo readme-table`")
@@ -234,3 +253,9 @@ def readme_table(readme: str = "README.md", check: bool = False) -> None:
     tmp.write_text(new)
     tmp.replace(path)
     print(f"updated the zoo table in {readme}")
+
+
+def _replace_between(text: str, start: str, end: str, body: str) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}{end}{tail}"
