@@ -70,6 +70,19 @@ def test_feedback_noise_only_in_training(generation_samples):
     assert not torch.allclose(a, c)
 
 
+@pytest.mark.parametrize("arch", ["vq-vq", "siglip-siglip"])
+def test_feedback_corruption_replaces_fed_back_tokens_only_in_training(generation_samples, arch):
+    model = _model(arch, feedback_corruption=0.5)
+    batch = model.processor(generation_samples[:2])
+    with torch.no_grad():
+        fed_eval, targets_eval = model.encode_written_images(batch)
+        model.train()
+        fed_train, targets_train = model.encode_written_images(batch)
+    assert torch.equal(targets_eval, targets_train)  # the targets are never corrupted
+    changed = (fed_eval - fed_train).abs().amax(-1) > 1e-6
+    assert 0.3 < changed.float().mean() < 0.7, changed.float().mean()  # about half of the fed-back tokens
+
+
 def test_condition_dropout_replaces_a_fixed_share_of_requests(generation_samples):
     source = SmartWatchSource(train=400, val=2, test=2, seed=0, size=64)
     many = [s for s in (source.sample("train", i) for i in range(600)) if s.task == "generation"]
