@@ -139,3 +139,15 @@ def test_conditional_baseline_uses_peers_sharing_the_stated_attributes():
     expected = (0.0 + 0.0 + float(torch.nn.functional.cosine_similarity(torch.tensor([0.5, 0.5]), c[0], dim=0))) / 3
     assert got == pytest.approx(expected, abs=1e-6)
     assert conditional_baseline_cosine([{"attrs": {}}], target[:1]) is None
+
+
+def test_train_on_inputs_labels_the_user_turns_but_never_image_positions(generation_samples):
+    plain, inputs = _model("vq-vq"), _model("vq-vq", train_on_inputs=True)
+    a, b = plain.processor(generation_samples[:2]), inputs.processor(generation_samples[:2])
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    labelled_a, labelled_b = a["labels"] != -100, b["labels"] != -100
+    assert (labelled_a <= labelled_b).all() and labelled_b.sum() > labelled_a.sum()  # more text labelled, none lost
+    image = b["input_ids"] == inputs.backbone.token_ids["image_out"]
+    assert not labelled_b[image].any()
+    padded = b["attention_mask"] == 0
+    assert not labelled_b[padded].any()

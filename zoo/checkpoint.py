@@ -38,7 +38,7 @@ RUN_SETTINGS = frozenset({
     # optimisation
     "lr", "projector_lr", "weight_decay", "warmup_ratio", "alpha",
     # training-time regularisers (no weights of their own)
-    "feedback_noise", "feedback_corruption", "condition_dropout",
+    "feedback_noise", "feedback_corruption", "condition_dropout", "train_on_inputs",
     # data handling: truncation length and the encoder-output cache
     "max_length", "cache_codes", "cache_features",
     # decoding at evaluation

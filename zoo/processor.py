@@ -29,7 +29,7 @@ class UnifiedProcessor:
     Each ``<image>`` a user turn reads becomes ``input_space.num_tokens`` image-token positions; each
     ``<image>`` an assistant turn writes becomes ``<boi>`` + ``output_space.num_tokens`` x
     ``<image_out>`` + ``<eoi>``. Labels are the assistant tokens of the chat template's mask (incl. EOS,
-    ``<boi>`` and ``<eoi>``) and -100 elsewhere, image positions included. Images go out as pixels
+    ``<boi>`` and ``<eoi>``; with `train_on_inputs` every text token) and -100 elsewhere, image positions included. Images go out as pixels
     (``space.preprocess``) or, for the side whose space is ``code_cache.space``, as cached codes.
     """
 
@@ -42,6 +42,7 @@ class UnifiedProcessor:
         max_length: int = 2048,
         code_cache: CodeCache | None = None,
         condition_dropout: float = 0.0,
+        train_on_inputs: bool = False,
     ) -> None:
         missing = {"image", "boi", "image_out", "eoi", "pad"} - set(token_ids)
         if missing:
@@ -57,6 +58,10 @@ class UnifiedProcessor:
         self.max_length = max_length
         self.code_cache = code_cache
         self.condition_dropout = condition_dropout
+        # axolotl's `train_on_inputs`: the text CE also covers the user turns (prompts and questions), not only
+        # the assistant's. A language model trained from scratch otherwise learns to read a generation prompt
+        # only through the image loss, a weak signal (the paper starts from a text-pretrained Vicuna).
+        self.train_on_inputs = train_on_inputs
 
     @classmethod
     def from_backbone(
@@ -148,7 +153,8 @@ class UnifiedProcessor:
         repeats = torch.ones_like(ids)
         repeats[read] = n_in
         repeats[written] = n_out + 2
-        labels = torch.where(mask, ids, IGNORE_INDEX).repeat_interleave(repeats)
+        labelled = mask | ~is_image if self.train_on_inputs else mask
+        labels = torch.where(labelled, ids, IGNORE_INDEX).repeat_interleave(repeats)
         ids = ids.repeat_interleave(repeats)
         if written.any():
             starts = (torch.cumsum(repeats, 0) - repeats)[written]

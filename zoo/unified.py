@@ -60,6 +60,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
         feedback_noise: float = 0.0,
         feedback_corruption: float = 0.0,
         condition_dropout: float = 0.0,
+        train_on_inputs: bool = False,
         eval_guidance_scale: float = 1.0,
         eval_image_temperature: float = 0.0,
         eval_image_top_k: int = 0,
@@ -135,6 +136,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
             max_length=self.max_length,
             code_cache=self._make_code_cache(cache_codes, cache_features) if cache_codes or cache_features else None,
             condition_dropout=condition_dropout,
+            train_on_inputs=train_on_inputs,
         )
 
     # ----------------------------------------------------------------------------- forward pass
