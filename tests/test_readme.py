@@ -77,7 +77,7 @@ def test_readme_python_snippets_run(tmp_path):
 
 
 def test_readme_component_lines_work_as_written(capsys, monkeypatch):
-    """The README's way of using a component file (the value of a model slot) resolves to that file's spec."""
+    """The README's way of using a component file (a `--config` overlay after a recipe) gives the slot that file's spec."""
     import re
     import shlex
 
@@ -88,24 +88,24 @@ def test_readme_component_lines_work_as_written(capsys, monkeypatch):
     from zoo.config import build
 
     readme = (ROOT / "README.md").read_text()
-    assert "stacked after a recipe with a second `--config`" not in readme
+    assert "not a second `--config`" not in readme
     lines = [m for m in re.findall(r"`(unizoo fit [^`]*recipes/components/[^`]*)`", readme)]
     assert lines, "the README shows how a component file is used"
     monkeypatch.chdir(ROOT)
     for line in lines:
         args = shlex.split(line)[2:]
-        slots = {args[i]: args[i + 1] for i in range(len(args) - 1) if "recipes/components/" in args[i + 1]}
+        components = [args[i + 1] for i in range(len(args) - 1) if args[i] == "--config" and "recipes/components/" in args[i + 1]]
+        assert components, f"{line}: a component is stacked with --config"
         with pytest.raises(SystemExit) as done:
             run_lightning_cli(["fit", *args, "--print_config"])
         assert done.value.code in (0, None), line
         config = yaml.safe_load(capsys.readouterr().out)
-        for flag, path in slots.items():
-            own = yaml.safe_load((ROOT / path).read_text())
-            slot = config["model"]["init_args"][flag.rsplit(".", 1)[-1]]
-            assert slot["class_path"] == own["class_path"], line
-            assert {k: slot["init_args"][k] for k in own["init_args"]} == own["init_args"], line
-            # the file's own comment documents the same way
-            comment = "\n".join(t for t in (ROOT / path).read_text().splitlines() if t.startswith("#"))
-            assert f"--model.init_args.{flag.rsplit('.', 1)[-1]} FILE" in comment, path
+        for path in components:
+            text = (ROOT / path).read_text()
+            (slot, own), = yaml.safe_load(text)["model"]["init_args"].items()
+            got = config["model"]["init_args"][slot]
+            assert got["class_path"] == own["class_path"], line
+            assert {k: got["init_args"][k] for k in own["init_args"]} == own["init_args"], line
+            assert f"Slot `{slot}`" in text, path  # the file's own comment names its slot
         built = build(config["model"])  # the documented line builds (tiny components: nothing downloaded)
         assert built.input_space is not None

@@ -6,18 +6,21 @@ command line (as a user swaps components), so nothing is downloaded; everything 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tools.lightning_cli import load_recipe, run_lightning_cli
-from zoo.config import build
+from tools.lightning_cli import _constructor_defaults, load_recipe, run_lightning_cli
+from zoo.config import build, import_class
 from zoo.presets import backbone, clip, siglip, vq
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 COMPONENTS = RECIPES / "components"
+COMPONENT_FILES = sorted(COMPONENTS.glob("*.yaml"))
 OVERLAYS = {RECIPES / "smartwatch" / "paper" / n for n in ("fsdp.yaml", "deepspeed-zero2.yaml")}
 TINY = sorted((RECIPES / "smartwatch" / "tiny").glob("[!_]*.yaml"))
 GRIDS = RECIPES / "study"  # `unizoo study` grid files, not recipes (tests/test_study.py; checked below)
@@ -123,37 +126,73 @@ def test_strategy_overlays_stack_after_a_recipe(overlay, capsys, monkeypatch):
     assert config["model"]["init_args"]["input_space"]["init_args"]["pretrained"] == "google/siglip-base-patch16-224"
 
 
-def test_components_fill_their_slots(capsys, monkeypatch):
-    """Pretrained components parse in place (not built: that would download); tiny ones also build."""
+def _component(path: Path) -> tuple[str, dict]:
+    """(slot, spec) of a component overlay, its interpolations resolved as the CLI resolves them."""
+    from omegaconf import OmegaConf
+
+    own = OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=True)
+    assert list(own) == ["model"] and list(own["model"]) == ["init_args"], f"{_rel(path)}: holds model.init_args.<slot> only"
+    assert len(own["model"]["init_args"]) == 1, f"{_rel(path)}: fills exactly one slot"
+    (slot, spec), = own["model"]["init_args"].items()
+    return slot, spec
+
+
+@pytest.mark.parametrize("path", COMPONENT_FILES, ids=_rel)
+def test_component_overlay_fills_its_slot_on_any_recipe(path, capsys, monkeypatch):
+    """A component is a --config overlay of one slot: its documented command, and the same overlay on a 7B
+    recipe (LoRA, bf16, pretrained spaces), give the slot exactly the component, nothing of the recipe's left."""
+    slot, spec = _component(path)
+    assert slot in ("backbone", *SLOTS) and path.name.startswith("lm-" if slot == "backbone" else f"{slot}-")
+    text = path.read_text()
+    assert f"Slot `{slot}`" in text, "the file names the slot it fills"
+    command = re.search(r"^#\s+(unizoo fit .*)$", text, re.M)
+    assert command, "the file shows the exact command"
+    args = shlex.split(command.group(1))[2:]
+    assert args[-2:] == ["--config", _rel(path)] and args[:-2][0] == "--config"
+    defaults = _constructor_defaults(import_class(spec["class_path"]))
+    want = {"class_path": spec["class_path"], "init_args": {**defaults, **spec["init_args"]}}
+    large = next(p for p in SCALED if slot in load_recipe(p)["model"]["init_args"])
+    for recipe in (args[1], str(large)):
+        config = _resolved(["--config", recipe, "--config", str(path)], capsys, monkeypatch)
+        assert config["model"]["init_args"][slot] == want, recipe
+
+
+def test_every_space_component_comes_in_every_slot():
+    spaces: dict[str, dict[str, dict]] = {}
+    for path in COMPONENT_FILES:
+        slot, spec = _component(path)
+        if slot != "backbone":
+            spaces.setdefault(path.name.split("-", 1)[1], {})[slot] = spec
+    assert len(spaces) >= 6
+    for name, slots in spaces.items():
+        assert set(slots) == set(SLOTS), name
+        assert slots["space"] == slots["input_space"] == slots["output_space"], name
+
+
+def test_tiny_components_stack_and_build(capsys, monkeypatch):
+    """Random tiny components download nothing: stacked after tiny recipes, they build."""
     def comp(name: str) -> str:
         return str(COMPONENTS / name)
 
-    recipe = str(RECIPES / "smartwatch" / "tiny" / "siglip-vq.yaml")
-    config = _resolved(["--config", recipe, "--model.init_args.backbone", comp("lm-qwen2.5-0.5b.yaml"),
-                        "--model.init_args.input_space", comp("space-siglip-b16.yaml"),
-                        "--model.init_args.output_space", comp("space-llamagen-vq16.yaml")], capsys, monkeypatch)
-    model = config["model"]["init_args"]
-    assert model["backbone"]["init_args"]["model"] == "Qwen/Qwen2.5-0.5B-Instruct"
-    assert model["backbone"]["init_args"]["config"] is None
-    assert model["input_space"]["init_args"]["pretrained"] == "google/siglip-base-patch16-224"
-    assert model["input_space"]["init_args"]["config"] is None
-    assert model["output_space"]["init_args"]["variant"] == "VQ-16"
-
-    config = _resolved(["--config", recipe, "--model.init_args.backbone", comp("lm-vicuna-7b-lora.yaml"),
-                        "--model.init_args.input_space", comp("space-timm-vit.yaml"),
-                        "--model.init_args.output_space", comp("space-clip-l14-336.yaml")], capsys, monkeypatch)
-    model = config["model"]["init_args"]
-    assert model["backbone"]["init_args"]["lora_r"] == 128
-    assert model["input_space"]["class_path"] == "zoo.spaces.timm.TimmSpace"
-    assert model["output_space"]["init_args"]["model_class"] == "transformers.CLIPVisionModel"
-
     shared = str(RECIPES / "smartwatch" / "tiny" / "siglip-siglip.yaml")
     for space in ("space-tiny-vq.yaml", "space-tiny-siglip.yaml"):
-        config = _resolved(["--config", shared, "--model.init_args.backbone", comp("lm-tiny-llama.yaml"),
-                            "--model.init_args.space", comp(space), "--model.init_args.share_projector", "true"],
+        config = _resolved(["--config", shared, "--config", comp("lm-tiny-llama.yaml"), "--config", comp(space)],
                            capsys, monkeypatch)
         built = build(config["model"])
         assert built.input_space.image_size == 64 and built.input_space is built.output_space
+    separate = str(RECIPES / "smartwatch" / "tiny" / "siglip-vq.yaml")
+    config = _resolved(["--config", separate, "--config", comp("input_space-tiny-vq.yaml"),
+                        "--config", comp("output_space-tiny-siglip.yaml")], capsys, monkeypatch)
+    built = build(config["model"])
+    assert built.input_space.discrete and not built.output_space.discrete
+
+
+def test_architecture_recipes_leave_the_language_model_to_their_base():
+    """The LM and optimiser settings live in each family's _base (or _stage*) file, not in every architecture."""
+    for path in ALL:
+        if path.parent.name in ("tiny", "paper", "llava15"):
+            own = (yaml.safe_load(path.read_text()).get("model") or {}).get("init_args") or {}
+            assert not {"backbone", "lr", "projector_lr"} & set(own), _rel(path)
 
 
 @pytest.mark.parametrize("path", TINY, ids=_rel)
