@@ -21,8 +21,7 @@ def trained_model():
     batch = model.processor([source.sample("train", i) for i in range(12)])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(10):  # a little training so answers and images are not all identical
-        out = model(batch)
-        loss = out["text_loss"].mean() + out["image_loss"].mean()
+        loss, _ = model.loss(model(batch))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -31,8 +31,7 @@ def test_variant_learns_on_repeated_batch(name, samples):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
     for _ in range(8):
-        out = model(batch)
-        loss = out["text_loss"].mean() + model.alpha * out["image_loss"].mean()
+        loss, _ = model.loss(model(batch))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -43,8 +42,7 @@ def test_variant_learns_on_repeated_batch(name, samples):
 @pytest.mark.parametrize("name", ["siglip-siglip", "vq-siglip", "siglip-vq"])
 def test_gradients_reach_only_trainable_parts(name, samples):
     model = _model(name)
-    out = model(model.processor(samples))
-    (out["text_loss"].mean() + out["image_loss"].mean()).backward()
+    model.loss(model(model.processor(samples)))[0].backward()
     for pname, param in model.named_parameters():
         if pname.startswith(("input_space.", "output_space.")):
             assert param.grad is None, f"frozen space parameter {pname} got a gradient"
@@ -261,3 +259,16 @@ def test_cosine_outputs_are_fed_back_at_the_written_features_norm(samples):
     fresh.load_state_dict(older)  # checkpoints from before the statistic still load
     assert fresh.written_feature_norm.item() == 0.0
     assert not hasattr(_model("vq-vq"), "written_feature_norm")
+
+
+def test_loss_is_text_plus_alpha_times_image(samples):
+    model = _model("siglip-vq", alpha=0.3)
+    out = model(model.processor(samples))
+    total, parts = model.loss(out)
+    assert set(parts) == {"text_loss", "image_loss"}
+    assert torch.allclose(parts["text_loss"], out["text_loss"].mean())
+    assert torch.allclose(total, out["text_loss"].mean() + 0.3 * out["image_loss"].mean())
+    understanding = model(model.processor([s for s in samples if s.task != "generation"]))
+    total, parts = model.loss(understanding)
+    assert set(parts) == {"text_loss"} and torch.equal(total, parts["text_loss"])
+

@@ -86,9 +86,7 @@ def _batches(model, shapes: str, count: int, device: torch.device) -> list[dict[
 
 
 def _loss(model, batch: dict[str, Any]) -> torch.Tensor:
-    out = model(batch)
-    loss = out["text_loss"].mean()
-    return loss + model.alpha * out["image_loss"].mean() if "image_loss" in out else loss
+    return model.loss(model(batch))[0]  # text CE + alpha x image loss (UnifiedVLM.loss)
 
 
 def gpu_bench(shapes: str = "full", device: str | None = None) -> dict[str, Any]:

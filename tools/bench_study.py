@@ -58,17 +58,13 @@ def bench_positions(steps: int = 4, repeats: int = 1) -> dict[str, Any]:
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
         def step() -> None:
-            loss = model.loss(model(batch)) if hasattr(model, "loss") else _loss(model, model(batch))
+            loss, _ = model.loss(model(batch))
             opt.zero_grad()
             loss.backward()
             opt.step()
         step()
         out[places] = _best(lambda: [step() for _ in range(steps)], repeats) / steps
     return {"step_ms_none": 1e3 * out["none"], "step_ms_grid": 1e3 * out["grid"], "grid_cost": out["grid"] / out["none"]}
-
-
-def _loss(model: Any, out: dict[str, torch.Tensor]) -> torch.Tensor:
-    return out["text_loss"].mean() + model.alpha * out["image_loss"].mean()
 
 
 @torch.no_grad()

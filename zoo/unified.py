@@ -275,16 +275,25 @@ class UnifiedVLM(Configurable, L.LightningModule):
         return embeds
 
     # ----------------------------------------------------------------------------- training loop
+    def loss(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(text CE + alpha x image loss, {"text_loss": mean, "image_loss": mean}) of `forward`'s output.
+
+        The objective training and validation log; tests and the bench call it instead of restating it.
+        """
+        text = out["text_loss"]
+        parts = {"text_loss": text.mean() if text.numel() else text.sum()}  # no text target: 0, not NaN
+        total = parts["text_loss"]
+        if "image_loss" in out:
+            parts["image_loss"] = out["image_loss"].mean()
+            total = total + self.alpha * parts["image_loss"]
+        return total, parts
+
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         out = self(batch)
-        text = out["text_loss"].mean() if out["text_loss"].numel() else out["text_loss"].sum()
-        loss = text
+        loss, parts = self.loss(out)
         bs = batch["input_ids"].shape[0]
-        self.log(f"{stage}/text_loss", text, batch_size=bs, prog_bar=stage == "train")
-        if "image_loss" in out:
-            image = out["image_loss"].mean()
-            loss = loss + self.alpha * image
-            self.log(f"{stage}/image_loss", image, batch_size=bs, prog_bar=stage == "train")
+        for name, value in parts.items():
+            self.log(f"{stage}/{name}", value, batch_size=bs, prog_bar=stage == "train")
         self.log(f"{stage}/loss", loss, batch_size=bs, prog_bar=True)
         self._log_per_task(out, batch["tasks"], stage)
         return loss
