@@ -1,6 +1,8 @@
 """Model-agnostic generation metrics: feature cosine, code accuracy, retrieval, FID with a pluggable extractor."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -33,3 +35,14 @@ def retrieval_top1(generated: torch.Tensor, target: torch.Tensor) -> float:
 def retrieval_chance(n: int) -> float:
     """Top-1 retrieval of a uniform guess among `n` candidates."""
     return 1.0 / n if n else float("nan")
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested metric dicts -> {"a/b/c": value}."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(flatten_metrics(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -16,6 +14,7 @@ from zoo.adapters import GridPositionEmbedding, ImagePositions, ProjectorKind, m
 from zoo.backbone import LanguageBackbone
 from zoo.checkpoint import CheckpointMismatchError  # noqa: F401  (re-exported: older imports name zoo.unified)
 from zoo.config import Configurable, build
+from zoo.metrics import flatten_metrics  # noqa: F401  (re-exported: older imports name zoo.unified)
 from zoo.objectives import IGNORE_INDEX, ImageLossKind, image_token_loss, per_group_mean, text_cross_entropy
 from zoo.processor import UnifiedProcessor
 from zoo.sample import TASKS
@@ -28,7 +27,9 @@ class UnifiedVLM(Configurable, L.LightningModule):
     Components are injected (LightningCLI `class_path`/`init_args`, or specs when rebuilt from a
     checkpoint). Subclass hooks, in the order a training step calls them:
     `encode_read_images` (understanding input), `encode_written_images` (teacher forcing + targets),
-    `image_loss` (generation objective), and at inference `next_image_token`.
+    `image_loss` (generation objective), and at inference `next_image_token` -> `choose_image_token` ->
+    `feedback`. `loss` combines `forward`'s per-token losses into the training objective. What
+    `unizoo test|predict` write is zoo.eval_callback.EvalWriter's job (attached by `configure_callbacks`).
     """
 
     # Constructor arguments that change how the model trains or decodes, not which weights it has: a
@@ -322,95 +323,29 @@ class UnifiedVLM(Configurable, L.LightningModule):
         """Teacher-forced validation losses, per part and task."""
         return self._step(batch, "val")
 
-    # ----------------------------------------------------------------------------- evaluation (`unizoo test`)
+    # ----------------------------------------------------------------------------- evaluation
     def generation_config(self) -> "GenerationConfig":
         """Decoding settings of evaluation (greedy, at most `eval_max_new_tokens` new text tokens)."""
         from zoo.generate import GenerationConfig
 
         return GenerationConfig(**self.eval_settings, seed=0)
 
-    def on_test_epoch_start(self) -> None:  # noqa: D102
-        self._eval_records: list[dict[str, Any]] = []
-        self._eval_truths: list[tuple[int | None, Any]] = []  # (item, ground-truth image) of generation samples
-
-    def _evaluate_batch(self, batch: list) -> list[dict[str, Any]]:
-        """Records of a list of Samples (zoo.evaluation), kept with their truths for the epoch's end."""
+    def test_step(self, batch: list, batch_idx: int) -> list[dict[str, Any]]:
+        """Answer, caption and draw for a list of Samples: the batch's records (zoo.evaluation), which
+        EvalWriter scores and writes at the epoch's end (`eval_metrics`, `eval_outputs`)."""
         from zoo.evaluation import evaluate_samples
 
-        records = evaluate_samples(self, batch, self.generation_config())
-        self._eval_records += records
-        self._eval_truths += [(getattr(s, "item", None), s.images[-1]) for s in batch if s.task == "generation" and s.images]
-        return records
-
-    def test_step(self, batch: list, batch_idx: int) -> None:
-        """Answer, caption and draw for a list of Samples; records accumulate for the epoch's metrics."""
-        self._evaluate_batch(batch)
-
-    def on_test_epoch_end(self) -> None:
-        """Gather every rank's records on rank 0 (zoo.eval_gather), which scores them (the DataModule's domain
-        scorer + model-agnostic metrics), logs and writes the eval folder; other ranks only take part."""
-        from zoo.eval_gather import gather_eval
-        from zoo.evaluation import (comparison_grid_tensor, decode_generated, generation_metrics, retrieved_images,
-                                    write_outputs)
-
-        out_dir = os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "eval")  # log_dir: a collective
-        gathered = gather_eval(self._eval_records, self._eval_truths)
-        if gathered is None:  # not rank 0
-            self.eval_metrics, self.eval_outputs = {}, {}
-            return
-        (records, truths), metrics = gathered, {}
-        scorer = getattr(getattr(self.trainer, "datamodule", None), "score_records", None)
-        images = decode_generated(self, records) if self.output_space is not None else []
-        if callable(scorer):
-            metrics.update(scorer(records, images))
-        gen = generation_metrics(self, records)
-        if gen:
-            metrics["generation"] = gen
-        metrics["protocol"] = self._eval_protocol(len(records))
-        # Lightning would advise sync_dist for these epoch-level values: they are already over every rank's records.
-        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('test/")
-        for key, value in flatten_metrics({k: v for k, v in metrics.items() if k != "protocol"}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                self.log(f"test/{key}", float(value), batch_size=1, rank_zero_only=True)
-        continuous = self.output_space is not None and not self.output_space.discrete
-        retrieved = retrieved_images(records, truths) if continuous else None
-        self.eval_outputs = write_outputs(out_dir, records, metrics, images, truths, retrieved)
-        self.eval_metrics = metrics
-        experiment = getattr(self.logger, "experiment", None)
-        for tag, shown in (("test/generated_vs_truth", images), ("test/retrieved_vs_truth", retrieved or [])):
-            grid = comparison_grid_tensor(shown, truths)
-            if grid is not None and hasattr(experiment, "add_image"):
-                experiment.add_image(tag, grid, self.global_step)
-
-    def _eval_protocol(self, samples: int) -> dict[str, Any]:
-        return {**asdict(self.generation_config()), "samples": samples,
-                "generation": "teacher-forced text up to <boi>, then one image"}
-
-    # ----------------------------------------------------------------------------- prediction (`unizoo predict`)
-    def on_predict_epoch_start(self) -> None:  # noqa: D102
-        self.on_test_epoch_start()
+        return evaluate_samples(self, batch, self.generation_config())
 
     def predict_step(self, batch: list, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """Answer, caption and draw for a list of Samples, as `test_step` does; returns the batch's records."""
-        return self._evaluate_batch(batch)
+        """The records `test_step` makes; EvalWriter writes them unscored (`predict_outputs`)."""
+        return self.test_step(batch, batch_idx)
 
-    def on_predict_epoch_end(self) -> None:
-        """Write answers.jsonl, the generated images and their grid beside the truth to `<log dir>/predict`,
-        as `unizoo test` writes eval/, without scores (metrics.json holds only the protocol); rank 0 writes."""
-        from zoo.eval_gather import gather_eval
-        from zoo.evaluation import decode_generated, retrieved_images, write_outputs
+    def configure_callbacks(self) -> list[L.Callback]:
+        """EvalWriter (zoo.eval_callback): every trainer that tests or predicts with this model writes its outputs."""
+        from zoo.eval_callback import EvalWriter
 
-        out_dir = os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "predict")  # a collective
-        gathered = gather_eval(self._eval_records, self._eval_truths)
-        if gathered is None:  # not rank 0
-            self.predict_outputs = {}
-            return
-        records, truths = gathered
-        images = decode_generated(self, records) if self.output_space is not None else []
-        continuous = self.output_space is not None and not self.output_space.discrete
-        retrieved = retrieved_images(records, truths) if continuous else None
-        self.predict_outputs = write_outputs(out_dir, records, {"protocol": self._eval_protocol(len(records))},
-                                             images, truths, retrieved)
+        return [EvalWriter()]
 
     # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -492,13 +427,3 @@ def trainable_parameter_count(module: nn.Module) -> tuple[int, int]:
     params = list(module.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
-
-def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested metric dicts -> {"a/b/c": value}."""
-    out: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            out.update(flatten_metrics(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

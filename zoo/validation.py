@@ -16,7 +16,7 @@ import lightning as L
 import torch
 
 from zoo.sample import Sample
-from zoo.unified import flatten_metrics
+from zoo.metrics import flatten_metrics
 
 
 class ValidationScores(L.Callback):
