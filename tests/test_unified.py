@@ -272,3 +272,18 @@ def test_loss_is_text_plus_alpha_times_image(samples):
     total, parts = model.loss(understanding)
     assert set(parts) == {"text_loss"} and torch.equal(total, parts["text_loss"])
 
+
+def test_settings_groups_keep_the_flat_arguments():
+    from zoo.eval_callback import EvalWriter
+    from zoo.settings import EvalSettings, OptimSettings
+
+    model = _model("vq-vq", lr=1e-3, projector_lr=2e-3, weight_decay=0.1, eval_max_new_tokens=7, eval_image_top_k=3)
+    assert model.optim_settings == OptimSettings(lr=1e-3, projector_lr=2e-3, weight_decay=0.1, warmup_ratio=0.03)
+    assert model.eval_settings == EvalSettings(max_new_tokens=7, image_top_k=3)
+    config = model.generation_config()
+    assert (config.max_new_tokens, config.image_top_k, config.seed) == (7, 3, 0)
+    optimizer = model.configure_optimizers()["optimizer"]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.1]
+    assert [g["initial_lr"] for g in optimizer.param_groups] == [1e-3, 2e-3]
+    assert model.hparams["lr"] == 1e-3 and model.hparams["eval_max_new_tokens"] == 7  # checkpoints keep flat names
+    assert [type(c) for c in model.configure_callbacks()] == [EvalWriter]  # test/predict outputs, any trainer

@@ -1,7 +1,6 @@
 """UnifiedVLM: one causal LM that reads images through an input space and writes them in an output space."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from typing import Any
 
@@ -18,6 +17,7 @@ from zoo.metrics import flatten_metrics  # noqa: F401  (re-exported: older impor
 from zoo.objectives import IGNORE_INDEX, ImageLossKind, image_token_loss, per_group_mean, text_cross_entropy
 from zoo.processor import UnifiedProcessor
 from zoo.sample import TASKS
+from zoo.settings import EvalSettings, OptimSettings, configure_adamw_cosine
 from zoo.spaces.base import ImageSpace
 
 
@@ -122,10 +122,11 @@ class UnifiedVLM(Configurable, L.LightningModule):
         if max_length is not None and context and max_length > context:
             raise ValueError(f"max_length {max_length} exceeds the language model's context of {context} positions")
         # Kept as attributes: hparams hold only what the outermost class recorded (variants pass **kwargs).
-        self.optim_settings = {"lr": lr, "projector_lr": projector_lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio}
-        self.eval_settings = {"max_new_tokens": eval_max_new_tokens, "temperature": eval_temperature,
-                              "guidance_scale": eval_guidance_scale, "image_temperature": eval_image_temperature,
-                              "image_top_k": eval_image_top_k}
+        self.optim_settings = OptimSettings(lr=lr, projector_lr=projector_lr, weight_decay=weight_decay,
+                                            warmup_ratio=warmup_ratio)
+        self.eval_settings = EvalSettings(max_new_tokens=eval_max_new_tokens, temperature=eval_temperature,
+                                          guidance_scale=eval_guidance_scale, image_temperature=eval_image_temperature,
+                                          image_top_k=eval_image_top_k)
         self.max_length = max_length or self.backbone.max_positions
         if init_from:
             self.load_matching_weights(init_from)
@@ -323,12 +324,12 @@ class UnifiedVLM(Configurable, L.LightningModule):
         """Teacher-forced validation losses, per part and task."""
         return self._step(batch, "val")
 
-    # ----------------------------------------------------------------------------- evaluation
+    # ----------------------------------------------------------------------------- evaluation, optimisation
     def generation_config(self) -> "GenerationConfig":
-        """Decoding settings of evaluation (greedy, at most `eval_max_new_tokens` new text tokens)."""
+        """Decoding settings of evaluation (`eval_settings`: greedy, at most `eval_max_new_tokens` new text tokens)."""
         from zoo.generate import GenerationConfig
 
-        return GenerationConfig(**self.eval_settings, seed=0)
+        return GenerationConfig(**asdict(self.eval_settings), seed=0)
 
     def test_step(self, batch: list, batch_idx: int) -> list[dict[str, Any]]:
         """Answer, caption and draw for a list of Samples: the batch's records (zoo.evaluation), which
@@ -347,26 +348,10 @@ class UnifiedVLM(Configurable, L.LightningModule):
 
         return [EvalWriter()]
 
-    # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with two groups (LM/LoRA at `lr`, projectors/heads at `projector_lr`), cosine with warm-up."""
-        hp = self.optim_settings
-        lm = [p for p in self.backbone.parameters() if p.requires_grad]
-        lm_ids = {id(p) for p in lm}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in lm_ids]
-        groups = [g for g in ({"params": lm, "lr": hp["lr"]}, {"params": rest, "lr": hp["projector_lr"]}) if g["params"]]
-        optimizer = torch.optim.AdamW(groups, weight_decay=hp["weight_decay"])
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
-        warmup = int(hp["warmup_ratio"] * total)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else None
+        return configure_adamw_cosine(self, self.backbone, self.optim_settings, total)
 
     # ----------------------------------------------------------------------------- checkpoints
     def _make_code_cache(self, codes: bool, features: bool):
