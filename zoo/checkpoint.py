@@ -2,7 +2,7 @@
 copying matching weights, which frozen weights checkpoints leave out, and which settings may change.
 
 Used by `UnifiedVLM` (its `load_state_dict`, `load_matching_weights`, `reloadable_prefixes`,
-`frozen_state_keys` delegate here), `zoo.registry.load_pretrained`, `unizoo fit|test --ckpt_path`
+`frozen_state_keys`, `on_save_checkpoint` delegate here), `zoo.registry.load_pretrained`, `unizoo fit|test --ckpt_path`
 (tools/lightning_cli.py) and `unizoo zoo publish` (tools/zoo_cmd.py).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from zoo.hub_files import UnsafeCheckpointError
 
 __all__ = ["ARCHITECTURE_COMPONENTS", "OPTIONAL_STATE_KEYS", "RELOADABLE_ARGS", "RUN_SETTINGS",
            "CheckpointMismatchError", "StateDictMismatch", "UnsafeCheckpointError", "compare_state_dict",
-           "check_state_dict", "frozen_state_keys", "load_matching_weights", "read_checkpoint",
+           "check_state_dict", "frozen_state_keys", "load_matching_weights", "prepare_for_saving", "read_checkpoint",
            "reloadable_prefixes", "setting_differences"]
 
 # Constructor arguments of UnifiedVLM (and its variants) that change how the model trains, caches or
@@ -222,3 +222,18 @@ def frozen_state_keys(model: nn.Module, prefixes: Iterable[str]) -> set[str]:
     # Trainable weights (LoRA adapters, unfrozen layers) under those prefixes are kept: no source has them.
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     return {k for k in model.state_dict() if k.startswith(prefixes) and k not in trainable}
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def prepare_for_saving(model: nn.Module, checkpoint: dict[str, Any], frozen: Iterable[str]) -> None:
+    """Lightning's `on_save_checkpoint` of a model: keep trainable weights and the config, drop the `frozen`
+    keys (they reload from their source), and refuse non-finite trainable weights."""
+    if checkpoint.get("hyper_parameters", {}).get("init_from"):
+        checkpoint["hyper_parameters"]["init_from"] = None  # its weights are in this checkpoint now
+    for name, param in model.named_parameters():
+        if param.requires_grad and not torch.isfinite(param).all():
+            raise FloatingPointError(f"refusing to checkpoint non-finite weights ({name}); the last good checkpoint is kept")
+    frozen = set(frozen)
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}

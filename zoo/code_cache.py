@@ -164,6 +164,21 @@ class CodeCache:
         return len(keys)
 
 
+def cache_for(spaces: Iterable[ImageSpace | None], codes: bool, features: bool) -> CodeCache | None:
+    """The cache of a model's `cache_codes`/`cache_features` flags: one for the first frozen space of the
+    wanted kind among `spaces` (a model lists its output side first: it is always encoded); None when
+    neither flag is set.
+
+    `codes` caches VQ codes only; `features` caches any frozen space, as codes where the space is discrete
+    (its compact form), so swapping a recipe's space keeps the flag meaningful.
+    """
+    if not (codes or features):
+        return None
+    wanted = [s for s in spaces if s is not None and (features or (codes and s.discrete))]
+    if not wanted:
+        raise ValueError("cache_codes=True needs a discrete (VQ) space; cache_features=True a continuous one")
+    return CodeCache(wanted[0])
+
 def _weights_sha256(space: ImageSpace) -> str:
     """Hash of the space's state dict: codes from differently trained encoders must not mix."""
     digest = hashlib.sha256()

@@ -12,7 +12,9 @@ from zoo import checkpoint as zoo_checkpoint  # `checkpoint` is Lightning's hook
 from zoo.adapters import GridPositionEmbedding, ImagePositions, ProjectorKind, make_head, make_projector
 from zoo.backbone import LanguageBackbone
 from zoo.checkpoint import CheckpointMismatchError  # noqa: F401  (re-exported: older imports name zoo.unified)
+from zoo.code_cache import cache_for
 from zoo.config import Configurable, build
+from zoo.feedback import at_norm, corrupt_codes, corrupt_features, noisy, pick_codes
 from zoo.metrics import flatten_metrics  # noqa: F401  (re-exported: older imports name zoo.unified)
 from zoo.objectives import IGNORE_INDEX, ImageLossKind, image_token_loss, per_group_mean, text_cross_entropy
 from zoo.processor import UnifiedProcessor
@@ -92,11 +94,8 @@ class UnifiedVLM(Configurable, L.LightningModule):
             if out.discrete != (self.image_loss_kind == "ce"):
                 raise ValueError(f"image_loss {self.image_loss_kind!r} does not fit a {'discrete' if out.discrete else 'continuous'} output space")
             if self.image_loss_kind == "cosine":
-                # 1 - cosine fixes only a prediction's direction; its norm drifts (tiny SigLIP: predictions
-                # ~12.7 long, features ~27). Fed back as is, the projector sees inputs it never saw in
-                # teacher forcing and generation derails (generated cosine 0.15; rescaled 0.24, same model).
-                # So generation feeds back the direction at the running mean norm of the written
-                # features, kept here (0 = unknown: older checkpoints feed back the raw prediction).
+                # 1 - cosine leaves the predictions' norm free: generation feeds back their direction at
+                # the running mean norm of the written features, kept here (zoo.feedback.at_norm says why).
                 self.register_buffer("written_feature_norm", torch.zeros(()))
         self.alpha = alpha
         if image_positions not in ("none", "grid"):
@@ -109,15 +108,9 @@ class UnifiedVLM(Configurable, L.LightningModule):
         if feedback_noise < 0 or not 0 <= condition_dropout < 1 or not 0 <= feedback_corruption < 1:
             raise ValueError(f"feedback_noise must be >= 0, feedback_corruption and condition_dropout in [0, 1), got "
                              f"{feedback_noise}, {feedback_corruption}, {condition_dropout}")
-        # Teacher forcing feeds back true features; free-running generation feeds back the model's own,
-        # which are off by the model's error. Noise of this relative size on the fed-back continuous features
-        # (training only) teaches the model to continue from imperfect inputs.
-        self.feedback_noise = feedback_noise
-        # Teacher forcing lets a model predict most image tokens by copying their neighbours and ignore the
-        # prompt (measured: the study models' image loss is the same with shuffled prompts). Replacing this
-        # fraction of fed-back tokens (training only) by random ones (codes uniform over the codebook;
-        # features of another written token of the batch) weakens that shortcut; the targets stay true.
-        self.feedback_corruption = feedback_corruption
+        # Training only, on the fed-back written tokens (the targets stay true); why: zoo/feedback.py.
+        self.feedback_noise = feedback_noise  # Gaussian noise of this size relative to each feature's RMS
+        self.feedback_corruption = feedback_corruption  # this share of tokens replaced by random ones
         context = self.backbone.max_positions
         if max_length is not None and context and max_length > context:
             raise ValueError(f"max_length {max_length} exceeds the language model's context of {context} positions")
@@ -136,7 +129,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
             input_space=self.input_space,
             output_space=self.output_space,
             max_length=self.max_length,
-            code_cache=self._make_code_cache(cache_codes, cache_features) if cache_codes or cache_features else None,
+            code_cache=cache_for((self.output_space, self.input_space), cache_codes, cache_features),
             condition_dropout=condition_dropout,
             train_on_inputs=train_on_inputs,
         )
@@ -211,20 +204,11 @@ class UnifiedVLM(Configurable, L.LightningModule):
             features, codes = space.encode(batch["gen_pixels"])
         corrupt = self.training and self.feedback_corruption > 0
         if space.discrete:
-            fed_codes = codes
-            if corrupt:
-                replaced = torch.rand(codes.shape, device=codes.device) < self.feedback_corruption
-                fed_codes = torch.where(replaced, torch.randint_like(codes, space.codebook_size), codes)
+            fed_codes = corrupt_codes(codes, self.feedback_corruption, space.codebook_size) if corrupt else codes
             return self._place(self.gen_projector(space.embed_codes(fed_codes))).flatten(0, 1), codes.flatten()
-        fed = features
-        if self.training and self.feedback_noise > 0:
-            scale = features.detach().pow(2).mean(-1, keepdim=True).sqrt()  # per-token RMS
-            fed = features + self.feedback_noise * scale * torch.randn_like(features)
+        fed = noisy(features, self.feedback_noise) if self.training and self.feedback_noise > 0 else features
         if corrupt:
-            flat = features.flatten(0, 1)
-            others = flat[torch.randint(len(flat), features.shape[:2], device=features.device)]
-            replaced = torch.rand(features.shape[:2], device=features.device).unsqueeze(-1) < self.feedback_corruption
-            fed = torch.where(replaced, others, fed)
+            fed = corrupt_features(fed, features, self.feedback_corruption)
         return self._place(self.gen_projector(fed)).flatten(0, 1), features.flatten(0, 1).detach()
 
     def _place(self, embeds: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
@@ -249,20 +233,10 @@ class UnifiedVLM(Configurable, L.LightningModule):
                            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Head outputs [B, K] logits or [B, D] features -> (token, fed-back embedding [B, H]); see `feedback`."""
         if self.output_space.discrete:
-            if sample and temperature > 0:
-                logits = prediction.float() / temperature
-                if top_k > 0:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                token = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
-            else:
-                token = prediction.argmax(-1)
-        else:
-            token = prediction
+            token = pick_codes(prediction, temperature if sample else 0.0, top_k, generator)
+        else:  # at the written features' norm where the model tracks one (cosine loss; 0: the raw prediction)
             norm = getattr(self, "written_feature_norm", None)
-            if norm is not None:  # where no norm was tracked (0), the raw prediction is fed back
-                rescaled = torch.nn.functional.normalize(prediction, dim=-1) * norm.to(prediction.dtype)
-                token = torch.where(norm > 0, rescaled, prediction)
+            token = prediction if norm is None else at_norm(prediction, norm)
         return token, self.feedback(token, index)
 
     def feedback(self, token: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
@@ -354,20 +328,6 @@ class UnifiedVLM(Configurable, L.LightningModule):
         return configure_adamw_cosine(self, self.backbone, self.optim_settings, total)
 
     # ----------------------------------------------------------------------------- checkpoints
-    def _make_code_cache(self, codes: bool, features: bool):
-        """One cache for the first frozen space of the wanted kind (output side first: it is always encoded).
-
-        `cache_codes` caches VQ codes only; `cache_features` caches any frozen space, as codes where the
-        space is discrete (its compact form), so swapping a recipe's space keeps the flag meaningful.
-        """
-        from zoo.code_cache import CodeCache
-
-        wanted = [s for s in (self.output_space, self.input_space)
-                  if s is not None and (features or (codes and s.discrete))]
-        if not wanted:
-            raise ValueError("cache_codes=True needs a discrete (VQ) space; cache_features=True a continuous one")
-        return CodeCache(wanted[0])
-
     # Checkpoint policy lives in zoo/checkpoint.py; these methods stay because subclasses override them and
     # other code (registry, CLI) calls them on any model.
     def reloadable_prefixes(self) -> list[str]:
@@ -389,13 +349,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep trainable weights and the config; drop frozen weights that reload from their source."""
-        if checkpoint.get("hyper_parameters", {}).get("init_from"):
-            checkpoint["hyper_parameters"]["init_from"] = None  # its weights are in this checkpoint now
-        for name, param in self.named_parameters():
-            if param.requires_grad and not torch.isfinite(param).all():
-                raise FloatingPointError(f"refusing to checkpoint non-finite weights ({name}); the last good checkpoint is kept")
-        frozen = self.frozen_state_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        zoo_checkpoint.prepare_for_saving(self, checkpoint, self.frozen_state_keys())
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
         """Load, accepting only the frozen reloadable keys as missing; anything else is an error."""
