@@ -1,4 +1,4 @@
-"""Tests generated from the registry's architecture table (zoo/architectures.py): a new entry is tested unwritten.
+"""Tests generated from the registry's architecture table (zoo/catalog/architectures.py): a new entry is tested unwritten.
 
 * every `*.smoke` entry builds, takes a training step, writes an image and survives a state-dict round trip;
 * every recipe under recipes/smartwatch/tiny and recipes/smartwatch/study builds exactly its entry (no drift);
@@ -14,11 +14,11 @@ import torch
 
 from datamodules.smartwatch.source import SmartWatchSource
 from tools.lightning_cli import load_recipe
-from zoo import registry
-from zoo.architectures import ARCHITECTURES, RECIPE_DIRS, SCALES
-from zoo.evaluation import _image_prompt
-from zoo.generate import GenerationConfig, generate_images
-from zoo.registry import create_model, get_entry, list_models, list_pretrained
+from zoo.catalog import registry
+from zoo.catalog.architectures import ARCHITECTURES, RECIPE_DIRS, SCALES
+from zoo.catalog.registry import create_model, get_entry, list_models, list_pretrained
+from zoo.eval.evaluation import _image_prompt
+from zoo.model.generate import GenerationConfig, generate_images
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = list_models("*.smoke", kind="architecture")
@@ -117,7 +117,7 @@ def test_entries_are_named_arch_dot_scale_and_build_fresh_copies():
     for name in list_models(kind="architecture"):
         arch, scale = name.rsplit(".", 1)
         assert arch in ARCHITECTURES and scale in SCALES
-    from zoo.presets import preset
+    from zoo.catalog.presets import preset
 
     spec = preset("vq-vq", "smoke")
     spec["init_args"]["backbone"]["init_args"]["config"]["hidden_size"] = 1  # a caller's edit stays its own

@@ -8,8 +8,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from zoo.backbone import LanguageBackbone
-from zoo.tokenizer import (
+from zoo.model.backbone import LanguageBackbone
+from zoo.model.tokenizer import (
     SPECIAL_TOKENS,
     VICUNA_SYSTEM,
     add_image_tokens,
@@ -224,7 +224,7 @@ def test_gradient_checkpointing_matches(tok_dir):
 
 
 def test_processor_from_backbone(tok_dir):
-    from zoo.processor import UnifiedProcessor
+    from zoo.model.processor import UnifiedProcessor
     from zoo.sample import Sample
 
     b = LanguageBackbone(config=TINY, tokenizer=tok_dir)

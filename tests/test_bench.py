@@ -14,7 +14,7 @@ import yaml
 
 from tools import bench
 from tools.bench_gpu import card_peaks, gpu_bench, gpu_targets
-from zoo.presets import preset
+from zoo.catalog.presets import preset
 
 SMOKE_RECIPE = {
     "model": preset("siglip-siglip", "smoke"),

@@ -1,4 +1,4 @@
-"""zoo.checkpoint: safe reading, state-dict checks, load-matching, the frozen-weights policy, run settings."""
+"""zoo.catalog.checkpoint: safe reading, state-dict checks, load-matching, the frozen-weights policy, run settings."""
 from __future__ import annotations
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from tools.lightning_cli import _constructor_parameters, check_checkpoint
-from zoo import checkpoint
-from zoo.checkpoint import (
+from zoo.catalog import checkpoint
+from zoo.catalog.checkpoint import (
     ARCHITECTURE_COMPONENTS,
     RUN_SETTINGS,
     CheckpointMismatchError,
@@ -20,10 +20,10 @@ from zoo.checkpoint import (
     reloadable_prefixes,
     setting_differences,
 )
+from zoo.catalog.presets import preset
 from zoo.config import build
-from zoo.presets import preset
-from zoo.unified import UnifiedVLM
-from zoo.variants import MisalignedVLM, SeparateSpacesVLM, SharedSpaceVLM
+from zoo.model.unified import UnifiedVLM
+from zoo.model.variants import MisalignedVLM, SeparateSpacesVLM, SharedSpaceVLM
 
 
 class Two(nn.Module):
@@ -49,7 +49,7 @@ def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 def test_one_error_class_under_every_old_name():
     from tools import lightning_cli
-    from zoo import unified
+    from zoo.model import unified
 
     assert lightning_cli.CheckpointMismatchError is unified.CheckpointMismatchError is CheckpointMismatchError
     # Callers catch it as a bad input (ValueError) or as torch's load_state_dict failure (RuntimeError).
@@ -111,7 +111,7 @@ def test_checkpoint_written_by_a_model_reads_back(tmp_path):
     trainer.save_checkpoint(path)
 
     ckpt = read_checkpoint(path)
-    assert ckpt["hyper_parameters"]["_class_path"] == "zoo.variants.SharedSpaceVLM"
+    assert ckpt["hyper_parameters"]["_class_path"] == "zoo.model.variants.SharedSpaceVLM"
     own = model.state_dict()
     assert set(ckpt["state_dict"]) == set(own) - model.frozen_state_keys()
     assert all(torch.equal(v, own[k]) for k, v in ckpt["state_dict"].items())
@@ -261,7 +261,7 @@ def test_every_constructor_argument_is_classified():
         params |= set(_constructor_parameters(cls)) - {"self"}
     unclassified = params - ARCHITECTURE_COMPONENTS - RUN_SETTINGS - set(CHANGES_WEIGHTS) - set(SAME_WEIGHTS_ARCHITECTURE)
     assert not unclassified, (
-        f"new constructor argument(s) {sorted(unclassified)}: add each to zoo.checkpoint.RUN_SETTINGS if a "
+        f"new constructor argument(s) {sorted(unclassified)}: add each to zoo.catalog.checkpoint.RUN_SETTINGS if a "
         "resumed or evaluated run may change it, else to CHANGES_WEIGHTS here (with a value that changes the "
         "state dict) or, if it is architecture that leaves the state dict as it is, to SAME_WEIGHTS_ARCHITECTURE")
     assert not RUN_SETTINGS & (set(CHANGES_WEIGHTS) | set(SAME_WEIGHTS_ARCHITECTURE) | ARCHITECTURE_COMPONENTS)

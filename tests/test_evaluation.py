@@ -8,9 +8,9 @@ from datamodules.smartwatch.source import SmartWatchSource
 from zoo.config import build
 from PIL import Image
 
-from zoo.evaluation import evaluate_samples, generation_metrics, retrieved_images, write_outputs
-from zoo.generate import GenerationConfig
-from zoo.presets import preset
+from zoo.catalog.presets import preset
+from zoo.eval.evaluation import evaluate_samples, generation_metrics, retrieved_images, write_outputs
+from zoo.model.generate import GenerationConfig
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from datamodules.mixed import MixedTaskDataModule
 from datamodules.smartwatch.source import SmartWatchSource
 from tools.generate import find_checkpoint, generate, load_model
+from zoo.catalog.presets import preset
 from zoo.config import build
-from zoo.presets import preset
 
 
 def _trained_run(root, name: str, **overrides):

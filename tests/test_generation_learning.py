@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from datamodules.smartwatch.source import SmartWatchSource
-from zoo.adapters import GridPositionEmbedding
+from zoo.catalog.presets import preset
 from zoo.config import build
-from zoo.evaluation import _image_prompt
-from zoo.generate import GenerationConfig, generate, generate_images
-from zoo.presets import preset
-from zoo.processor import UNCONDITIONAL_PROMPT, unconditional_turn
+from zoo.eval.evaluation import _image_prompt
+from zoo.model.adapters import GridPositionEmbedding
+from zoo.model.generate import GenerationConfig, generate, generate_images
+from zoo.model.processor import UNCONDITIONAL_PROMPT, unconditional_turn
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_sampled_codes_respect_top_k_and_seed(generation_samples):
 
 
 def test_conditional_baseline_uses_peers_sharing_the_stated_attributes():
-    from zoo.evaluation import conditional_baseline_cosine
+    from zoo.eval.evaluation import conditional_baseline_cosine
 
     def rec(weather, corner, mentioned):
         return {"attrs": {"weather": weather, "weather_pos": corner, "battery_pos": "top-left", "mentioned": mentioned}}

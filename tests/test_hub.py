@@ -1,4 +1,4 @@
-"""zoo.hub: verified, atomic, cached fetching from a loopback server; safe state-dict files."""
+"""zoo.catalog.hub: verified, atomic, cached fetching from a loopback server; safe state-dict files."""
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo import hub
-from zoo.hub import ChecksumError, DownloadError, UnsafeCheckpointError, WeightsNotFoundError, WeightsSource
+from zoo.catalog import hub
+from zoo.catalog.hub import ChecksumError, DownloadError, UnsafeCheckpointError, WeightsNotFoundError, WeightsSource
 
 PAYLOAD = os.urandom(3000)
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -181,7 +181,7 @@ def test_file_url_source(cache, tmp_path):
 def test_trust_on_first_use_records_then_enforces(server, cache, caplog):
     server.files["/up.pt"] = PAYLOAD
     source = WeightsSource(url=server.url("/up.pt"))
-    with caplog.at_level(logging.WARNING, logger="zoo.hub"):
+    with caplog.at_level(logging.WARNING, logger="zoo.catalog.hub"):
         path = hub.fetch(source, progress=False)
     assert "trusting it on first use" in caplog.text
     records = json.loads((cache / "tofu.json").read_text())

@@ -31,8 +31,8 @@ class Request:
 def checkpoint(tmp_path_factory) -> str:
     import lightning as L
 
+    from zoo.catalog.presets import preset
     from zoo.config import build
-    from zoo.presets import preset
 
     torch.manual_seed(0)
     model = build(preset("siglip-siglip", "smoke"))
@@ -201,8 +201,8 @@ def _bpe_tokenizer(folder: Path) -> str:
 
 @pytest.fixture(scope="module")
 def bpe_adapter(tmp_path_factory) -> UnizooLMM:
+    from zoo.catalog.presets import preset
     from zoo.config import build
-    from zoo.presets import preset
 
     folder = _bpe_tokenizer(tmp_path_factory.mktemp("bpe"))
     torch.manual_seed(0)

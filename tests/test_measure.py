@@ -10,8 +10,8 @@ import yaml
 from datamodules.mixed import MixedTaskDataModule
 from datamodules.smartwatch.source import SmartWatchSource
 from tools import measure
+from zoo.catalog.presets import preset
 from zoo.config import build
-from zoo.presets import preset
 
 
 def _recipe(tmp_path, name: str):

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from zoo.metrics import code_accuracy, feature_cosine, nearest_target, retrieval_chance, retrieval_top1
+from zoo.eval.metrics import code_accuracy, feature_cosine, nearest_target, retrieval_chance, retrieval_top1
 
 
 def _features(m: int = 5, n: int = 3, d: int = 4) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Multi-process runs as Lightning launches them (issue 14 item 2), on this machine: two CPU processes, gloo.
 
 `unizoo test|predict|fit --trainer.devices 2 --trainer.strategy ddp`: the child rank runs the same command
-(tools/launch.py), evaluation is gathered on rank 0 with each test item once (zoo/eval_gather.py), so the
+(tools/launch.py), evaluation is gathered on rank 0 with each test item once (zoo/eval/gather.py), so the
 files equal a single process's, and a fit checkpoints and resumes under DDP. A child that cannot start
 stops the parent with a clear error instead of leaving it waiting.
 """
@@ -25,7 +25,7 @@ from test_predict import TEST_IMAGES, lines, vq_recipe
 from test_reliability_resume import ROOT, unizoo
 from tools.launch import ChildWatcher
 from tools.lightning_cli import run_lightning_cli
-from zoo.eval_gather import in_item_order
+from zoo.eval.gather import in_item_order
 
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 

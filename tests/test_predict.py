@@ -9,7 +9,7 @@ import pytest
 
 from test_reliability_resume import smoke_recipe
 from tools.lightning_cli import run_lightning_cli
-from zoo.presets import preset
+from zoo.catalog.presets import preset
 
 TEST_IMAGES = 3  # x 3 tasks = 9 test samples
 

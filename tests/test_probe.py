@@ -13,8 +13,8 @@ from tools.probe import find_checkpoint, linear_probe, pca, probe, tsne
 def run_dir(tmp_path_factory):
     import lightning as L
 
+    from zoo.catalog.presets import preset
     from zoo.config import build
-    from zoo.presets import preset
 
     torch.manual_seed(0)
     model = build(preset("siglip-siglip", "smoke"))

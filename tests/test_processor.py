@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from zoo.code_cache import CodeCache
-from zoo.processor import UnifiedProcessor
+from zoo.model.code_cache import CodeCache
+from zoo.model.processor import UnifiedProcessor
+from zoo.model.tokenizer import special_token_ids, train_word_level_tokenizer
 from zoo.sample import Sample
 from zoo.spaces.base import ImageSpace
-from zoo.tokenizer import special_token_ids, train_word_level_tokenizer
 
 TEXTS = ["what time is it?", "draw a watch showing 07:05", "describe the watch", "a red watch", "battery 57%"]
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from tools.lightning_cli import _constructor_defaults, load_recipe, run_lightning_cli
+from zoo.catalog.presets import backbone, clip, siglip, vq
 from zoo.config import build, import_class
-from zoo.presets import backbone, clip, siglip, vq
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
@@ -62,7 +62,7 @@ def _smoke_overrides(recipe: dict) -> list[str]:
     small = backbone("smoke")["init_args"]
     lm_args = {**small, "model": None, "dtype": None, "lora_r": 4, "lora_alpha": 8,
                "train_mode": lm.get("train_mode", "full")}
-    out = ["--model.init_args.backbone", json.dumps({"class_path": "zoo.backbone.LanguageBackbone", "init_args": lm_args})]
+    out = ["--model.init_args.backbone", json.dumps({"class_path": "zoo.model.backbone.LanguageBackbone", "init_args": lm_args})]
     for slot in SLOTS:
         if slot in model:
             out += [f"--model.init_args.{slot}", json.dumps(_smoke_space(model[slot]))]

@@ -1,4 +1,4 @@
-"""zoo.registry and `unizoo zoo`: entries, building, verified pretrained loading, publishing a run."""
+"""zoo.catalog.registry and `unizoo zoo`: entries, building, verified pretrained loading, publishing a run."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from tools import zoo_cmd
-from zoo import hub, registry
-from zoo.hub import WeightsSource
-from zoo.registry import ModelCard, UnknownModelError, ZooEntry
+from zoo.catalog import hub, registry
+from zoo.catalog.hub import WeightsSource
+from zoo.catalog.registry import ModelCard, UnknownModelError, ZooEntry
 
 
 class Tiny(nn.Module):

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from test_reliability_resume import smoke_model, smoke_recipe
 from tools.cli import main
-from zoo import hub, registry
+from zoo.catalog import hub, registry
 from zoo.config import build
 
 

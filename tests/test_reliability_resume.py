@@ -28,9 +28,9 @@ HERE = Path(__file__).resolve().parent
 def smoke_model(max_positions: int = 512, image_size: int = 32) -> dict[str, Any]:
     """SigLIP-SigLIP at smoke scale (Llama h64 x 2, 32 px SigLIP of 16 tokens), as a recipe `model:`."""
     return {
-        "class_path": "zoo.variants.SharedSpaceVLM",
+        "class_path": "zoo.model.variants.SharedSpaceVLM",
         "init_args": {
-            "backbone": {"class_path": "zoo.backbone.LanguageBackbone", "init_args": {
+            "backbone": {"class_path": "zoo.model.backbone.LanguageBackbone", "init_args": {
                 "tokenizer": "zoo/assets/tokenizers/smartwatch",
                 "config": {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 1,
                            "num_key_value_heads": 1, "intermediate_size": 256,

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tools.report import Stat, load_run, report, t_quantile
-from zoo.presets import preset
+from zoo.catalog.presets import preset
 
 SIGLIP = preset("siglip-siglip", "tiny")
 SIGLIP_VQ = preset("siglip-vq", "tiny")
@@ -16,7 +16,7 @@ SIGLIP_VQ = preset("siglip-vq", "tiny")
 
 def _misaligned(strength: float) -> dict:
     vq = preset("vq-vq", "tiny")["init_args"]
-    return {"class_path": "zoo.variants.MisalignedVLM",
+    return {"class_path": "zoo.model.variants.MisalignedVLM",
             "init_args": {"backbone": vq["backbone"], "space": vq["space"], "strength": strength, "projector": "linear"}}
 
 

@@ -47,7 +47,7 @@ def test_unizoo_test_on_the_printed_checkpoint_reproduces_the_quickstart_numbers
 def test_a_fit_stopped_by_max_steps_ends_with_its_final_weights(tmp_path):
     """`unizoo fit` itself (no quickstart): 7 steps with a checkpoint every 3, stopped mid-epoch."""
     from tools.lightning_cli import run_lightning_cli
-    from zoo.callbacks import final_checkpoint_path
+    from zoo.model.callbacks import final_checkpoint_path
 
     cli = run_lightning_cli(["fit", "--config", str(smoke_recipe(tmp_path, steps=7, every=3, images=16))])
     path = final_checkpoint_path(cli.trainer)

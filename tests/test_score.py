@@ -153,11 +153,11 @@ def test_score_command_follows_the_paper_by_default(tmp_path, capsys):
 
 
 def test_score_command_reads_the_answers_unizoo_test_writes(tmp_path, capsys):
-    """answers.jsonl as zoo.evaluation.write_outputs writes it: VQA scored; caption, generation and
+    """answers.jsonl as zoo.eval.evaluation.write_outputs writes it: VQA scored; caption, generation and
     VQA-shaped lines with a caption for ground truth skipped and counted, not fatal."""
     import torch
 
-    from zoo.evaluation import write_outputs
+    from zoo.eval.evaluation import write_outputs
 
     attrs = {"hour": 3, "minute": 8, "second": 46, "battery": 57, "weather": "cloudy"}
     records = [

@@ -82,7 +82,7 @@ def test_bad_grid_files_are_refused_with_the_reason(tmp_path, monkeypatch, spec,
 
 
 def _fake_test_run(folder: Path, seed: int, mix: str, value: float, alpha: float) -> Path:
-    model = {"class_path": "zoo.variants.SharedSpaceVLM", "init_args": {"alpha": alpha}}
+    model = {"class_path": "zoo.model.variants.SharedSpaceVLM", "init_args": {"alpha": alpha}}
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump({"seed_everything": seed, "model": model,
                                                          "data": {"init_args": {"mix": mix}}}))

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from datamodules.smartwatch.source import SmartWatchSource
+from zoo.catalog.presets import PRESETS, preset
 from zoo.config import build
-from zoo.generate import GenerationConfig, decode_images, generate
-from zoo.presets import PRESETS, preset
+from zoo.model.generate import GenerationConfig, decode_images, generate
+from zoo.model.unified import UnifiedVLM, trainable_parameter_count
 from zoo.sample import Sample
-from zoo.unified import UnifiedVLM, trainable_parameter_count
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +91,9 @@ def test_cached_and_recompute_generation_agree(name, samples):
 def test_every_variant_class_has_a_preset():
     import inspect
 
-    import zoo.variants
+    import zoo.model.variants
 
-    classes = {c for _, c in inspect.getmembers(zoo.variants, inspect.isclass)
+    classes = {c for _, c in inspect.getmembers(zoo.model.variants, inspect.isclass)
                if issubclass(c, UnifiedVLM) and c is not UnifiedVLM}
     covered = {type(_model(name)) for name in PRESETS}
     assert classes and classes <= covered, f"variants without a preset (so untested): {classes - covered}"
@@ -104,7 +104,7 @@ def test_checkpoint_round_trip(name, tmp_path, samples):
     """Saved and reloaded by Lightning, every architecture gives the same losses, answers and images."""
     import lightning as L
 
-    from zoo.evaluation import evaluate_samples
+    from zoo.eval.evaluation import evaluate_samples
 
     model = _model(name).eval()
     with torch.no_grad():  # move off the initialisation, so that a weight left behind would show
@@ -274,8 +274,8 @@ def test_loss_is_text_plus_alpha_times_image(samples):
 
 
 def test_settings_groups_keep_the_flat_arguments():
-    from zoo.eval_callback import EvalWriter
-    from zoo.settings import EvalSettings, OptimSettings
+    from zoo.eval.writer import EvalWriter
+    from zoo.model.settings import EvalSettings, OptimSettings
 
     model = _model("vq-vq", lr=1e-3, projector_lr=2e-3, weight_decay=0.1, eval_max_new_tokens=7, eval_image_top_k=3)
     assert model.optim_settings == OptimSettings(lr=1e-3, projector_lr=2e-3, weight_decay=0.1, warmup_ratio=0.03)

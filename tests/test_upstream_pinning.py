@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo import hub, registry
+from zoo.catalog import hub, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_ENTRIES = ("siglip-b16-224", "clip-l14-336", "vicuna-7b-v1.5")
@@ -86,8 +86,8 @@ def test_pinned_revision_loads_from_the_hf_cache_and_another_does_not(tmp_path):
     script = textwrap.dedent("""
         import json, pathlib, sys
         import transformers
+        from zoo.catalog.hub import WeightsNotFoundError
         from zoo.spaces.hf import HFVisionSpace
-        from zoo.hub import WeightsNotFoundError
 
         rev = "1234567890abcdef1234567890abcdef12345678"
         repo = pathlib.Path(sys.argv[1]) / "models--org--tiny-siglip"

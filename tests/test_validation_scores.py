@@ -7,9 +7,9 @@ import torch
 
 from datamodules.mixed import MixedTaskDataModule
 from datamodules.smartwatch.source import SmartWatchSource
+from zoo.catalog.presets import preset
 from zoo.config import build
-from zoo.presets import preset
-from zoo.validation import ValidationScores
+from zoo.eval.validation import ValidationScores
 
 
 @pytest.mark.parametrize("name", ["vq-vq", "siglip-siglip"])

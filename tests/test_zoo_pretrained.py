@@ -9,7 +9,7 @@ import torch
 
 from tools import space_eval as ev
 from tools.train_spaces import main, sigmoid_loss, train_siglip, train_vq, zoo_entry
-from zoo import hub, registry
+from zoo.catalog import hub, registry
 from zoo.spaces.hf import HFVisionSpace
 from zoo.spaces.vq import VQTokenizer
 

@@ -18,8 +18,8 @@ import lightning as L
 import pytest
 import torch
 
+from zoo.catalog.registry import create_model, get_entry, list_models
 from zoo.config import build
-from zoo.registry import create_model, get_entry, list_models
 
 # Other machines (another CPU, kernel dispatch level, torch build or thread count) round floats
 # differently, and greedy decoding can flip an answer on a near-tie: a few answers of the 57-300 behind

@@ -66,8 +66,8 @@ def run_benchmarks(suites: tuple[str, ...] = SUITES, quick: bool = False, recipe
         n, w = (4, 1) if quick else (10, 2)
         results["train"] = [bench_train(r, steps=n, warmup=w) for r in chosen]
         if not quick and not recipes:  # the opt-in code cache off and on, on the VQ-VQ model with the tiny data
+            from zoo.catalog.presets import preset
             from zoo.config import merge
-            from zoo.presets import preset
 
             vq_recipe = TINY_RECIPES / "vq-vq.yaml"
             spec = _recipe_parts(vq_recipe)[0] if vq_recipe.exists() else preset("vq-vq", "tiny")

@@ -52,10 +52,10 @@ def card_peaks(name: str) -> tuple[float | None, float | None]:
 
 def build_paper_shaped(shapes: str = "full", device: str | torch.device = "cpu"):
     """The SigLIP-VQ UnifiedVLM at `shapes`, random weights; the LM is created directly on `device` in bf16."""
-    from zoo.backbone import LanguageBackbone
+    from zoo.model.backbone import LanguageBackbone
+    from zoo.model.variants import SeparateSpacesVLM
     from zoo.spaces.hf import HFVisionSpace
     from zoo.spaces.vq import VQTokenizer
-    from zoo.variants import SeparateSpacesVLM
 
     if shapes not in SHAPES:
         raise ValueError(f"gpu_shapes must be one of {sorted(SHAPES)}, got {shapes!r}")
@@ -93,8 +93,8 @@ def gpu_bench(shapes: str = "full", device: str | None = None) -> dict[str, Any]
     """Training tokens/s and MFU (bf16 autocast, AdamW on the LoRA/projector parameters) and generation latency."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from zoo.generate import GenerationConfig, generate
-    from zoo.unified import trainable_parameter_count
+    from zoo.model.generate import GenerationConfig, generate
+    from zoo.model.unified import trainable_parameter_count
 
     if shapes not in SHAPES:
         raise ValueError(f"gpu_shapes must be one of {sorted(SHAPES)}, got {shapes!r}")

@@ -26,9 +26,9 @@ def _best(fn, repeats: int) -> float:
 def bench_guidance(batch: int = 16, repeats: int = 2) -> dict[str, Any]:
     """Unguided vs classifier-free-guided writing of one tiny VQ image (64 codes) per prompt."""
     from tools.bench_suites import _image_prompts
+    from zoo.catalog.presets import preset
     from zoo.config import build
-    from zoo.generate import GenerationConfig, generate_images
-    from zoo.presets import preset
+    from zoo.model.generate import GenerationConfig, generate_images
 
     torch.manual_seed(0)
     model = build(preset("vq-vq", "tiny", condition_dropout=0.1)).eval()
@@ -45,8 +45,8 @@ def bench_guidance(batch: int = 16, repeats: int = 2) -> dict[str, Any]:
 def bench_positions(steps: int = 4, repeats: int = 1) -> dict[str, Any]:
     """Train-step time of the tiny SigLIP-SigLIP model with and without 2-D grid places."""
     from datamodules.smartwatch.source import SmartWatchSource
+    from zoo.catalog.presets import preset
     from zoo.config import build
-    from zoo.presets import preset
 
     source = SmartWatchSource(train=32, val=1, test=1, size=64)
     samples = [source.sample("train", i) for i in range(32)]

@@ -55,7 +55,7 @@ def _build_model(spec: dict[str, Any]):
     import inspect
 
     from zoo.config import build, import_class
-    from zoo.unified import UnifiedVLM
+    from zoo.model.unified import UnifiedVLM
 
     cls = import_class(spec["class_path"])
     own = inspect.signature(cls.__init__).parameters
@@ -186,8 +186,8 @@ def generation_model(image_tokens: int, recipe: str | os.PathLike | None = None)
     (a config, not the shipped 64 px weights), so the image grid can be resized: decoding cost depends on
     shapes, not on weights.
     """
+    from zoo.catalog.presets import preset, siglip
     from zoo.config import merge
-    from zoo.presets import preset, siglip
 
     spec = _recipe_parts(recipe)[0] if recipe else preset("siglip-siglip", "tiny", space=None)
     if not recipe:
@@ -211,7 +211,7 @@ def bench_generate(image_tokens: tuple[int, ...] = (64, 256), batch_sizes: tuple
     Each (tokens, batch) case runs both paths on the same prompts (greedy, `start_in_image`, best of
     `repeats` after one short warm-up) and checks they agree; speedup = recompute s / cached s.
     """
-    from zoo.generate import GenerationConfig, generate
+    from zoo.model.generate import GenerationConfig, generate
 
     out = []
     for n in image_tokens:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datamodules.smartwatch.tasks import corpus
-from zoo.tokenizer import train_word_level_tokenizer
+from zoo.model.tokenizer import train_word_level_tokenizer
 
 OUT = Path(__file__).resolve().parent.parent / "zoo" / "assets" / "tokenizers" / "smartwatch"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from zoo.unified import UnifiedVLM
+    from zoo.model.unified import UnifiedVLM
 
 
 def find_checkpoint(ckpt: str | os.PathLike) -> Path:
@@ -31,8 +31,8 @@ def load_model(ckpt: str | os.PathLike, device: str | None = None) -> UnifiedVLM
     """A trained UnifiedVLM (its exact subclass) from a run directory or a .ckpt, in eval mode."""
     import torch
 
-    import zoo.variants  # noqa: F401  (Lightning only rebuilds classes that are already imported)
-    from zoo.unified import UnifiedVLM
+    import zoo.model.variants  # noqa: F401  (Lightning only rebuilds classes that are already imported)
+    from zoo.model.unified import UnifiedVLM
 
     path = find_checkpoint(ckpt)
     try:
@@ -92,7 +92,7 @@ def save_image_tokens(model: UnifiedVLM, tokens: list, out: str | os.PathLike) -
     """Write generated images to `out`: decoded PNGs where the space decodes, else `.safetensors` features."""
     from safetensors.torch import save_file
 
-    from zoo.generate import decode_images
+    from zoo.model.generate import decode_images
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -142,8 +142,8 @@ def generate(
     """
     import torch
 
-    from zoo.generate import GenerationConfig
-    from zoo.generate import generate as decode
+    from zoo.model.generate import GenerationConfig
+    from zoo.model.generate import generate as decode
 
     # Both have defaults only so that the command line takes them as `--ckpt RUN --prompt TEXT`.
     for name, value in (("ckpt", ckpt), ("prompt", prompt)):

@@ -16,8 +16,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
-# Checkpoint reading and checking live in zoo/checkpoint.py; the names stay importable from here.
-from zoo.checkpoint import RUN_SETTINGS, CheckpointMismatchError, check_state_dict, read_checkpoint, setting_differences
+# Checkpoint reading and checking live in zoo/catalog/checkpoint.py; the names stay importable from here.
+from zoo.catalog.checkpoint import (RUN_SETTINGS, CheckpointMismatchError, check_state_dict, current_hparams,
+                                   read_checkpoint, setting_differences)
 
 BASE_KEY = "_base"
 _LAST = re.compile(r"^last(-v\d+)?\.ckpt$")  # Lightning's names for save_last files
@@ -149,7 +150,7 @@ def run_lightning_cli(argv: list[str]) -> LightningCLI:
     """
     from datamodules.mixed import MixedTaskDataModule
     from tools.launch import same_command_for_children
-    from zoo.unified import UnifiedVLM
+    from zoo.model.unified import UnifiedVLM
 
     import warnings
 
@@ -175,7 +176,7 @@ def run_lightning_cli(argv: list[str]) -> LightningCLI:
 
 
 def _cli(argv: list[str], tmpdir: str, model_class: type, data_class: type) -> LightningCLI:
-    from zoo.callbacks import FinalCheckpoint
+    from zoo.model.callbacks import FinalCheckpoint
 
     return UnizooCLI(
         model_class,
@@ -257,14 +258,14 @@ def _constructor_defaults(cls: type) -> dict[str, Any]:
 def check_checkpoint(model: Any, path: str | os.PathLike) -> None:
     """Raise CheckpointMismatchError unless checkpoint `path` was written by `model`'s architecture."""
     ckpt = read_checkpoint(path)
-    saved = ckpt.get("hyper_parameters") or {}
+    saved = current_hparams(ckpt.get("hyper_parameters") or {})  # older checkpoints' names in today's
     built = dict(getattr(model, "hparams", {}) or {})
     if "_class_path" in saved and "_class_path" in built:
         # A key one side leaves out means the constructor's default (older checkpoints predate newer args).
         defaults = _constructor_defaults(type(model))
         saved = {**{k: v for k, v in defaults.items() if k in built}, **saved}
         built = {**{k: v for k, v in defaults.items() if k in saved}, **built}
-        # The model class may extend the settings it lets a run change (zoo/checkpoint.py has the list).
+        # The model class may extend the settings it lets a run change (zoo/catalog/checkpoint.py has the list).
         diff = setting_differences(dict(saved), built, getattr(type(model), "RUN_SETTINGS", RUN_SETTINGS))
         if diff:
             more = f" ... ({len(diff)} in all)" if len(diff) > 5 else ""

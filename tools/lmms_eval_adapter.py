@@ -132,7 +132,7 @@ class UnizooLMM:
                       turns=[{"role": "user", "content": text}, {"role": "assistant", "content": ""}], images=images)
 
     def _config(self, gen_kwargs: dict[str, Any]):
-        from zoo.generate import GenerationConfig
+        from zoo.model.generate import GenerationConfig
 
         kwargs = dict(gen_kwargs or {})
         if int(kwargs.get("num_beams", 1) or 1) > 1:
@@ -144,7 +144,7 @@ class UnizooLMM:
     @torch.no_grad()
     def generate_until(self, requests: list[Any]) -> list[str]:
         """Answer each (context, gen_kwargs, doc_to_visual, doc_id, task, split) request; text cut at `until`."""
-        from zoo.generate import generate
+        from zoo.model.generate import generate
 
         results: list[str] = [""] * len(requests)
         pending: list[tuple[int, Sample, list[str]]] = []
@@ -201,7 +201,7 @@ class UnizooLMM:
 
     def _continuation_positions(self, sample: Sample, text: str, ids: torch.Tensor) -> list[int]:
         """Positions in `ids` (the processor's tokens of `sample`, images expanded) of the reply `text`'s tokens."""
-        from zoo.tokenizer import chat_template_for
+        from zoo.model.tokenizer import chat_template_for
 
         tokenizer = self._model.backbone.tokenizer
         template = chat_template_for(tokenizer)
@@ -422,11 +422,11 @@ def task_weather_target(doc: dict[str, Any]) -> int:
 
 def _load(checkpoint: str | None, pretrained: str | None) -> Any:
     if checkpoint is not None:
-        import zoo.variants  # noqa: F401  (the subclasses a checkpoint may name)
-        from zoo.unified import UnifiedVLM
+        import zoo.model.variants  # noqa: F401  (the subclasses a checkpoint may name)
+        from zoo.model.unified import UnifiedVLM
 
         return UnifiedVLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
-    from zoo.registry import create_model
+    from zoo.catalog.registry import create_model
 
     return create_model(pretrained, pretrained=True)
 

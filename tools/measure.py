@@ -95,7 +95,7 @@ def _format_row(recipe: str, row: dict[str, Any]) -> str:
 
 
 def _write(out: str, name: str, payload: dict[str, Any]) -> Path:
-    from zoo.hub_files import atomic_write_text
+    from zoo.catalog.hub_files import atomic_write_text
 
     path = Path(out) / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,8 +109,8 @@ def generation(run: str, images: int = 100, seed: int = 0, out: str = DEFAULT_OU
     from datamodules.smartwatch.source import SmartWatchSource
     from tools.probe import _watch_source, find_checkpoint
     from tools.generate import load_model
-    from zoo.evaluation import _image_prompt
-    from zoo.generate import generate_images
+    from zoo.eval.evaluation import _image_prompt
+    from zoo.model.generate import generate_images
 
     if threads:
         torch.set_num_threads(threads)
@@ -210,7 +210,7 @@ def guidance(run: str, scales: list[float] = (1.0, 2.0, 3.0), temperatures: list
     from datamodules.smartwatch.source import SmartWatchSource
     from tools.generate import load_model
     from tools.probe import _watch_source, find_checkpoint
-    from zoo.evaluation import decode_generated, evaluate_samples
+    from zoo.eval.evaluation import decode_generated, evaluate_samples
 
     if threads:
         torch.set_num_threads(threads)

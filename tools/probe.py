@@ -207,9 +207,9 @@ def probe(attribute: str, run: str, images: int = 600, out: str = DEFAULT_OUT, e
         epochs: linear-probe epochs.
         seed: seed of the split, the probe and t-SNE.
     """
-    import zoo.variants  # noqa: F401  (registers the subclasses the checkpoint names)
+    import zoo.model.variants  # noqa: F401  (registers the subclasses the checkpoint names)
     from datamodules.smartwatch.source import watch_sample
-    from zoo.unified import UnifiedVLM
+    from zoo.model.unified import UnifiedVLM
 
     if images < 10:
         raise ValueError(f"probe: images must be >= 10, got {images}")

@@ -11,7 +11,7 @@ DEFAULT_RECIPE = str(Path(__file__).resolve().parent.parent / "recipes" / "quick
 def quickstart(recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train the quickstart recipe (fit), evaluate the trained model (test) and print a table of scores.
 
-    The fit ends with a checkpoint of its final weights (zoo.callbacks.FinalCheckpoint) and the test
+    The fit ends with a checkpoint of its final weights (zoo.model.callbacks.FinalCheckpoint) and the test
     loads that file, so the printed checkpoint is the model the table scores: `unizoo test --config
     RUN/config.yaml --ckpt_path CHECKPOINT` prints the same numbers on the same machine.
 
@@ -20,7 +20,7 @@ def quickstart(recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None)
         overrides: extra LightningCLI arguments, e.g. ["--trainer.max_steps=50"].
     """
     from tools.lightning_cli import run_lightning_cli
-    from zoo.callbacks import final_checkpoint_path
+    from zoo.model.callbacks import final_checkpoint_path
 
     started = time.perf_counter()
     cli = run_lightning_cli(["fit", "--config", recipe, *(overrides or [])])

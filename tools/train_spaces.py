@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from datamodules.smartwatch.reader import DEFAULT_READER, _Heads, reader_loss, watch_labels
 from tools import space_eval as ev
 from tools.space_objectives import ReaderConsistency, hard_negative_batch, weighted_reconstruction
-from zoo import hub, presets
+from zoo.catalog import hub, presets
 
 IMAGE_SIZE = 64
 SIGLIP_NAME, VQ_NAME = "siglip-smartwatch-tiny", "vq-smartwatch-tiny"

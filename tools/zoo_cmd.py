@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 import yaml
 
-from zoo import hub, registry
-from zoo.checkpoint import read_checkpoint
+from zoo.catalog import hub, registry
+from zoo.catalog.checkpoint import current_hparams, read_checkpoint
 
 
 def list_entries(pattern: str = "*", kind: str | None = None) -> None:
@@ -187,8 +187,9 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _model_spec(ckpt: dict[str, Any], config: dict[str, Any], ckpt_path: Path,
                 config_path: Path | None) -> tuple[str, dict[str, Any]]:
-    """Class path + init args from the checkpoint's hyper_parameters, else config.yaml's `model` section."""
-    hparams = dict(ckpt.get("hyper_parameters") or {})
+    """Class path + init args from the checkpoint's hyper_parameters, else config.yaml's `model` section
+    (in today's names: an older run's moved class paths name their new modules)."""
+    hparams = current_hparams(ckpt.get("hyper_parameters") or {})
     if "_class_path" in hparams:  # how LightningCLI records the model class
         class_path = hparams.pop("_class_path")
         return class_path, {k: v for k, v in hparams.items() if not k.startswith("_")}
@@ -196,6 +197,7 @@ def _model_spec(ckpt: dict[str, Any], config: dict[str, Any], ckpt_path: Path,
         return hparams["class_path"], dict(hparams.get("init_args") or {})
     model = config.get("model")
     if isinstance(model, dict) and "class_path" in model:
+        model = current_hparams(model)
         return model["class_path"], dict(model.get("init_args") or {})
     raise ValueError(f"{ckpt_path}: cannot tell the model's class: no '_class_path' or 'class_path' in its "
                      f"hyper_parameters and no config.yaml with a model: {{class_path, init_args}} section"
@@ -236,7 +238,7 @@ def readme_table(readme: str = "README.md", check: bool = False) -> None:
         readme: the README to update in place.
         check: only check that the README's table is current (exit 1 if not).
     """
-    from zoo.registry import architectures_table_markdown, entries_table_markdown
+    from zoo.catalog.registry import architectures_table_markdown, entries_table_markdown
 
     path = Path(readme)
     text = path.read_text()

@@ -8,9 +8,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from zoo.hub import hub_load_kwargs, resolve_weights, upstream_errors
-from zoo.spaces._common import FrozenSpace, check_divisible, check_pixels
+from zoo.catalog.hub import hub_load_kwargs, resolve_weights, upstream_errors
 from zoo.config import import_class
+from zoo.spaces._common import FrozenSpace, check_divisible, check_pixels
 from zoo.spaces.pixel_decoder import PixelDecoderMixin
 
 

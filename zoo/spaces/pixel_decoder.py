@@ -63,7 +63,7 @@ class FeatureDecoder(nn.Module):
 
 def save_decoder(decoder: FeatureDecoder, path: str | Path) -> str:
     """Write the decoder's weights and config (safetensors, atomically); return the sha256."""
-    from zoo.hub_files import save_state_dict_file
+    from zoo.catalog.hub_files import save_state_dict_file
 
     return save_state_dict_file(decoder.state_dict(), path,
                                 metadata={METADATA_KEY: json.dumps(decoder.config, sort_keys=True)})
@@ -73,7 +73,7 @@ def load_decoder(path: str | Path) -> FeatureDecoder:
     """A FeatureDecoder from a file written by `save_decoder` (config from its metadata), frozen, eval mode."""
     from safetensors import safe_open
 
-    from zoo.hub_files import load_state_dict_file
+    from zoo.catalog.hub_files import load_state_dict_file
 
     state = load_state_dict_file(path)
     with safe_open(str(path), "pt") as handle:
@@ -98,7 +98,7 @@ class PixelDecoderMixin:
         self.pixel_decoder_source = source
         if source is None:
             return
-        from zoo.hub import resolve_weights
+        from zoo.catalog.hub import resolve_weights
 
         decoder = load_decoder(resolve_weights(source))
         cfg, name = decoder.config, type(self).__name__

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from zoo.hub import resolve_weights
+from zoo.catalog.hub import resolve_weights
 from zoo.spaces._common import FrozenSpace, check_divisible, check_pixels
 from zoo.spaces.vq_model import VQModel
 

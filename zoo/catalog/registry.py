@@ -2,7 +2,7 @@
 
 An entry builds its model the way a recipe does (`{"class_path", "init_args"}`, nested component specs
 included), so nothing picks a class by matching its name. With `pretrained=True` the entry's weights are
-fetched through `zoo.hub` (sha256-verified) and loaded with an explicit key check.
+fetched through `zoo.catalog.hub` (sha256-verified) and loaded with an explicit key check.
 
 Adding models:
 - shipped tiny models: `unizoo zoo publish --run RUN --name NAME --to zoo/assets/weights` writes
@@ -11,7 +11,7 @@ Adding models:
 - models published elsewhere (a folder or an HF repo): `register_from_json(path)`;
 - anything else: `register(ZooEntry(...))`.
 Upstream components (SigLIP, CLIP, Vicuna, LlamaGen's VQ) are registered at the bottom of this file.
-Architectures (kind "architecture", `<arch>.<scale>`: untrained specs, the table of zoo/architectures.py)
+Architectures (kind "architecture", `<arch>.<scale>`: untrained specs, the table of zoo/catalog/architectures.py)
 are registered there too; a trained entry names its architecture (`architecture`), `list_pretrained` lists them.
 """
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any
 
 from torch import nn
 
-from zoo import hub
+from zoo.catalog import hub
+from zoo.catalog.hub import WeightsSource
 from zoo.config import build, merge
-from zoo.hub import WeightsSource
 
-# "architecture": an untrained `<arch>.<scale>` spec of zoo/architectures.py; trained weights name one.
+# "architecture": an untrained `<arch>.<scale>` spec of zoo/catalog/architectures.py; trained weights name one.
 KINDS = ("unified", "space", "decoder", "language_model", "reader", "upstream", "architecture")
 SHIPPED_DIR = "assets/weights"  # inside the zoo package
 
@@ -191,7 +191,7 @@ def load_pretrained(model: nn.Module, entry: ZooEntry, *, offline: bool | None =
     state = hub.load_state_dict_file(path)
     if entry.state_prefix:
         state = {entry.state_prefix + key: value for key, value in state.items()}
-    from zoo.checkpoint import check_state_dict
+    from zoo.catalog.checkpoint import check_state_dict
 
     # Keys the model itself declares as coming from elsewhere (frozen upstream towers; exact keys or globs)
     # may be absent, and any key where the entry says its weights are partial. Raises CheckpointMismatchError.
@@ -267,7 +267,7 @@ def entries_table_markdown(pattern: str = "*", kind: str | None = None) -> str:
 
 def architectures_table_markdown() -> str:
     """One row per architecture: its scales (entry `<arch>.<scale>`, with its recipe) and the weights tagged on it."""
-    from zoo.architectures import ARCHITECTURES, SCALES
+    from zoo.catalog.architectures import ARCHITECTURES, SCALES
 
     rows = ["| Architecture | " + " | ".join(SCALES) + " | Pretrained |", "|---" * (len(SCALES) + 2) + "|"]
     tags = list_pretrained()
@@ -343,7 +343,7 @@ def _register_upstream() -> None:
             card=ModelCard(notes=_UPSTREAM_NOTE + _PINNED_NOTE.format(rev=rev))))
     rev = UPSTREAM_REVISIONS["lmsys/vicuna-7b-v1.5"]
     register(ZooEntry(
-        name="vicuna-7b-v1.5", kind="upstream", class_path="zoo.backbone.LanguageBackbone",
+        name="vicuna-7b-v1.5", kind="upstream", class_path="zoo.model.backbone.LanguageBackbone",
         init_args={"model": "lmsys/vicuna-7b-v1.5", "train_mode": "lora", "revision": rev},
         upstream_id="lmsys/vicuna-7b-v1.5", revision=rev,
         description="Vicuna-7B v1.5 language model (LoRA training), the paper's backbone",
@@ -362,10 +362,10 @@ def _register_upstream() -> None:
 
 
 def _register_architectures() -> None:
-    from zoo.architectures import entries
+    from zoo.catalog.architectures import entries
 
     for data in entries():
-        register(ZooEntry.from_dict(data, origin="zoo/architectures.py"))
+        register(ZooEntry.from_dict(data, origin="zoo/catalog/architectures.py"))
 
 
 _register_upstream()

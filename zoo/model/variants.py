@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.adapters import ProjectorKind
-from zoo.backbone import LanguageBackbone
 from zoo.config import build
+from zoo.model.adapters import ProjectorKind
+from zoo.model.backbone import LanguageBackbone
+from zoo.model.unified import UnifiedVLM
 from zoo.spaces.affine import AffineSpace
 from zoo.spaces.base import ImageSpace
-from zoo.unified import UnifiedVLM
 
 
 class SharedSpaceVLM(UnifiedVLM):

@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-from zoo.code_cache import CodeCache
-from zoo.objectives import IGNORE_INDEX
+from zoo.model.code_cache import CodeCache
+from zoo.model.objectives import IGNORE_INDEX
+from zoo.model.tokenizer import tokenize_conversation
 from zoo.sample import IMAGE_MARKER, Sample
 from zoo.spaces.base import ImageSpace
-from zoo.tokenizer import tokenize_conversation
 
 if TYPE_CHECKING:
-    from zoo.backbone import LanguageBackbone
+    from zoo.model.backbone import LanguageBackbone
 
 # The null condition of classifier-free guidance: any fixed request works; it only has to be the same in
 # training (condition dropout) and at inference (the unconditional stream of `generate_images`).

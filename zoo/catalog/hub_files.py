@@ -1,4 +1,4 @@
-"""Safe file primitives for zoo.hub: sha256, atomic writes and downloads, digest records, state-dict files."""
+"""Safe file primitives for zoo.catalog.hub: sha256, atomic writes and downloads, digest records, state-dict files."""
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +17,8 @@ from typing import Any, BinaryIO
 
 import torch
 
-# The logger of zoo.hub, as before these primitives moved here: filters set on "zoo.hub" still apply.
-log = logging.getLogger("zoo.hub")
+# The logger of zoo.catalog.hub, as before these primitives moved here: filters set on "zoo.catalog.hub" still apply.
+log = logging.getLogger("zoo.catalog.hub")
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0

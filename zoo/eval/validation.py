@@ -2,7 +2,7 @@
 
 Teacher-forced val losses say little about what a model answers or draws: the quickstart's losses kept
 falling while its free-running generations stayed below the mean image. `ValidationScores` runs the
-test protocol (`zoo.evaluation.evaluate_samples`: greedy answers, one written image per prompt) on a
+test protocol (`zoo.eval.evaluation.evaluate_samples`: greedy answers, one written image per prompt) on a
 capped, fixed set of val samples at the end of each validation epoch, scores it with the DataModule's
 `score_records` (VQA per attribute, the attribute reader on generated images) plus the model-agnostic
 generation metrics, and logs every number as `val/<name>` (TensorBoard and `metrics.csv`).
@@ -15,8 +15,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from zoo.eval.metrics import flatten_metrics
 from zoo.sample import Sample
-from zoo.metrics import flatten_metrics
 
 
 class ValidationScores(L.Callback):
@@ -47,7 +47,7 @@ class ValidationScores(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         if trainer.sanity_checking:
             return
-        from zoo.evaluation import decode_generated, evaluate_samples, generation_metrics
+        from zoo.eval.evaluation import decode_generated, evaluate_samples, generation_metrics
 
         samples = self.samples(trainer)
         if not samples:

@@ -11,9 +11,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 
+from zoo.catalog.hub import hub_load_kwargs, upstream_errors
 from zoo.config import Configurable, resolve_asset
-from zoo.hub import hub_load_kwargs, upstream_errors
-from zoo.tokenizer import add_image_tokens, tokenize_conversation
+from zoo.model.tokenizer import add_image_tokens, tokenize_conversation
 
 TrainMode = Literal["full", "lora", "frozen"]
 

@@ -1,4 +1,4 @@
-"""The study's architectures at each scale: one table, registered in zoo.registry as `<arch>.<scale>` entries.
+"""The study's architectures at each scale: one table, registered in zoo.catalog.registry as `<arch>.<scale>` entries.
 
 Each entry's spec is a `{"class_path", "init_args"}` dict, the shape of a recipe's `model:` section, so
 `zoo.create_model("vq-vq.study")` builds what `recipes/smartwatch/study/vq-vq.yaml` trains. Scales:
@@ -11,7 +11,7 @@ Each entry's spec is a `{"class_path", "init_args"}` dict, the shape of a recipe
 
 The tiny and study specs equal their recipes' `model:` sections (tests/test_architectures.py checks it).
 Pretrained weights are tags on an entry: a shipped unified model names its architecture entry
-(`ZooEntry.architecture`), and `zoo.registry.list_pretrained()` lists them per entry.
+(`ZooEntry.architecture`), and `zoo.catalog.registry.list_pretrained()` lists them per entry.
 """
 from __future__ import annotations
 
@@ -44,12 +44,12 @@ _HF, _VQ_CLASS = "zoo.spaces.hf.HFVisionSpace", "zoo.spaces.vq.VQTokenizer"
 def backbone(scale: Scale = "tiny") -> dict[str, Any]:
     """The language model: a seeded tiny Llama with the shipped tokenizer, or Vicuna-7B-v1.5 + LoRA r128."""
     if scale == "paper":
-        return {"class_path": "zoo.backbone.LanguageBackbone",
+        return {"class_path": "zoo.model.backbone.LanguageBackbone",
                 "init_args": {"model": "lmsys/vicuna-7b-v1.5", "train_mode": "lora", "lora_r": 128, "lora_alpha": 256,
                               "lora_dropout": 0.05, "gradient_checkpointing": True}}
     config = {"model_type": "llama", "num_key_value_heads": _LM[scale]["num_attention_heads"],
               "max_position_embeddings": 512, "tie_word_embeddings": True, **_LM[scale]}
-    return {"class_path": "zoo.backbone.LanguageBackbone", "init_args": {"config": config, "tokenizer": TOKENIZER}}
+    return {"class_path": "zoo.model.backbone.LanguageBackbone", "init_args": {"config": config, "tokenizer": TOKENIZER}}
 
 
 def siglip(scale: Scale = "tiny") -> dict[str, Any]:
@@ -164,8 +164,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         "reads CLIP features, writes VQ codes", smoke={}, paper={}, tiny={"cache_codes": True}),
     **{f"vq-vq-affine{s}": _affine(s) for s in (0.1, 0.2, 0.3)},
 }
-_CLASSES = {"shared": "zoo.variants.SharedSpaceVLM", "separate": "zoo.variants.SeparateSpacesVLM",
-            "misaligned": "zoo.variants.MisalignedVLM"}
+_CLASSES = {"shared": "zoo.model.variants.SharedSpaceVLM", "separate": "zoo.model.variants.SeparateSpacesVLM",
+            "misaligned": "zoo.model.variants.MisalignedVLM"}
 
 
 def spec(name: str, scale: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ class OptimSettings:
 
 @dataclass
 class EvalSettings:
-    """Decoding of evaluation (`unizoo test|predict`, ValidationScores); fields of zoo.generate.GenerationConfig."""
+    """Decoding of evaluation (`unizoo test|predict`, ValidationScores); fields of zoo.model.generate.GenerationConfig."""
 
     max_new_tokens: int = 128
     """At most this many new text tokens per answer."""

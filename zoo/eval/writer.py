@@ -1,8 +1,8 @@
 """`EvalWriter`: what `unizoo test` and `unizoo predict` write, kept out of the model.
 
-The model's `test_step`/`predict_step` return the records of a batch (zoo.evaluation.evaluate_samples);
+The model's `test_step`/`predict_step` return the records of a batch (zoo.eval.evaluation.evaluate_samples);
 this callback keeps them with the generation samples' ground-truth images, gathers every rank's on rank 0
-(zoo.eval_gather) at the epoch's end, and there
+(zoo.eval.gather) at the epoch's end, and there
 * test: scores them (the DataModule's `score_records` + model-agnostic generation metrics), logs every
   number as `test/<name>`, writes `<log dir>/eval` (answers.jsonl, metrics.json, images, grids) and
   shows the grids in TensorBoard; the model gets `eval_metrics` and `eval_outputs` (paths);
@@ -21,9 +21,9 @@ from typing import Any
 
 import lightning as L
 
-from zoo.eval_gather import gather_eval
-from zoo.evaluation import comparison_grid_tensor, decode_generated, generation_metrics, retrieved_images, write_outputs
-from zoo.metrics import flatten_metrics
+from zoo.eval.evaluation import comparison_grid_tensor, decode_generated, generation_metrics, retrieved_images, write_outputs
+from zoo.eval.gather import gather_eval
+from zoo.eval.metrics import flatten_metrics
 
 
 def eval_protocol(model: Any, samples: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`preset(name, scale)`: an architecture entry's spec from the registry (the table is zoo/architectures.py).
+"""`preset(name, scale)`: an architecture entry's spec from the registry (the table is zoo/catalog/architectures.py).
 
 `preset("vq-vq", "smoke")` is the spec of the zoo entry `vq-vq.smoke`, so `zoo.config.build(preset(...))`
 gives a model; the component helpers (`backbone`, `siglip`, `clip`, `vq`) are re-exported from there.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from zoo.architectures import ARCHITECTURES, TOKENIZER, Scale, backbone, clip, siglip, vq  # noqa: F401
+from zoo.catalog.architectures import ARCHITECTURES, TOKENIZER, Scale, backbone, clip, siglip, vq  # noqa: F401
 from zoo.config import merge
 
 PRESETS = tuple(ARCHITECTURES)
@@ -16,7 +16,7 @@ PRESETS = tuple(ARCHITECTURES)
 
 def preset(name: str, scale: Scale = "tiny", **overrides: Any) -> dict[str, Any]:
     """The spec of zoo entry `<name>.<scale>` (see `PRESETS`), a fresh copy with `overrides` merged into init_args."""
-    from zoo.registry import _REGISTRY, list_models
+    from zoo.catalog.registry import _REGISTRY, list_models
 
     entry = _REGISTRY.get(f"{name}.{scale}")
     if entry is None or entry.kind != "architecture":

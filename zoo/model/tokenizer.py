@@ -226,7 +226,7 @@ def _tokenize_by_prefixes(
             raise ValueError(
                 f"chat template of {tokenizer.name_or_path!r} is not prefix-stable at turn {i}: the assistant "
                 "mask cannot be derived; give the tokenizer a template with {% generation %} blocks "
-                "(e.g. zoo.tokenizer.vicuna_template())"
+                "(e.g. zoo.model.tokenizer.vicuna_template())"
             )
         spans.append((len(before), len(upto)))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from zoo.generate import GenerationConfig, decode_images, generate, generate_images
-from zoo.metrics import code_accuracy, feature_cosine, nearest_target, retrieval_chance, retrieval_top1
-from zoo.processor import unconditional_turn
+from zoo.eval.metrics import code_accuracy, feature_cosine, nearest_target, retrieval_chance, retrieval_top1
+from zoo.model.generate import GenerationConfig, decode_images, generate, generate_images
+from zoo.model.processor import unconditional_turn
 from zoo.sample import IMAGE_MARKER, Sample
 
 UNDERSTANDING = ("vqa", "caption", "text")

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from zoo.unified import UnifiedVLM
+from zoo.model.unified import UnifiedVLM
 
 
 @dataclass

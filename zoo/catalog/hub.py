@@ -25,7 +25,7 @@ State-dict files: safetensors first; `.pt`/`.pth`/`.bin`/`.ckpt` only through
 Nothing here ever passes `trust_remote_code`.
 
 The file primitives (sha256, atomic writes and downloads, digest records, state-dict files) live in
-`zoo.hub_files`; their public names are re-exported here.
+`zoo.catalog.hub_files`; their public names are re-exported here.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
-from zoo.hub_files import (
+from zoo.catalog.hub_files import (
     PICKLE_SUFFIXES,
     ChecksumError,
     DownloadError,
@@ -363,7 +363,7 @@ def resolve_weights(value: str, *, offline: bool | None = None) -> str:
 
     if not value.startswith(ZOO_PREFIX):
         return resolve_asset(value)
-    from zoo.registry import get_entry  # imported here: the registry itself imports this module
+    from zoo.catalog.registry import get_entry  # imported here: the registry itself imports this module
 
     entry = get_entry(value[len(ZOO_PREFIX):])
     if entry.weights is None:

@@ -2,7 +2,7 @@
 copying matching weights, which frozen weights checkpoints leave out, and which settings may change.
 
 Used by `UnifiedVLM` (its `load_state_dict`, `load_matching_weights`, `reloadable_prefixes`,
-`frozen_state_keys`, `on_save_checkpoint` delegate here), `zoo.registry.load_pretrained`, `unizoo fit|test --ckpt_path`
+`frozen_state_keys`, `on_save_checkpoint` delegate here), `zoo.catalog.registry.load_pretrained`, `unizoo fit|test --ckpt_path`
 (tools/lightning_cli.py) and `unizoo zoo publish` (tools/zoo_cmd.py).
 """
 from __future__ import annotations
@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.hub_files import UnsafeCheckpointError
+from zoo import _legacy
+from zoo.catalog.hub_files import UnsafeCheckpointError
 
 __all__ = ["ARCHITECTURE_COMPONENTS", "OPTIONAL_STATE_KEYS", "RELOADABLE_ARGS", "RUN_SETTINGS",
            "CheckpointMismatchError", "StateDictMismatch", "UnsafeCheckpointError", "compare_state_dict",
-           "check_state_dict", "frozen_state_keys", "load_matching_weights", "prepare_for_saving", "read_checkpoint",
+           "check_state_dict", "current_hparams", "frozen_state_keys", "load_matching_weights", "prepare_for_saving", "read_checkpoint",
            "reloadable_prefixes", "setting_differences"]
 
 # Constructor arguments of UnifiedVLM (and its variants) that change how the model trains, caches or
@@ -58,7 +59,7 @@ ARCHITECTURE_COMPONENTS = frozenset({"backbone", "input_space", "output_space", 
 RELOADABLE_ARGS = ("pretrained", "checkpoint", "model", "checkpoint_path")
 
 # State keys a checkpoint may lack: written_feature_norm came later; older checkpoints feed back raw
-# predictions (zoo/unified.py explains the buffer).
+# predictions (zoo/model/unified.py explains the buffer).
 OPTIONAL_STATE_KEYS = frozenset({"written_feature_norm"})
 
 _WILDCARDS = frozenset("*?[")
@@ -98,6 +99,18 @@ def read_checkpoint(path: str | os.PathLike, *, lightning: bool = True) -> dict[
     if lightning and not isinstance(ckpt.get("state_dict"), dict):
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' dict)")
     return ckpt
+
+
+# ----------------------------------------------------------------------------- older checkpoints
+
+
+def current_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's `hyper_parameters` (or a spec's init args) in today's names, to compare or rebuild.
+
+    Class paths of modules that moved (`zoo.variants.SharedSpaceVLM`: zoo/_legacy.py) name their new place,
+    so a checkpoint written before the move matches a recipe that names the new one.
+    """
+    return _legacy.current_class_paths(dict(hparams))
 
 
 # ----------------------------------------------------------------------------- checking

@@ -8,18 +8,18 @@ import lightning as L
 import torch
 from torch import nn
 
-from zoo import checkpoint as zoo_checkpoint  # `checkpoint` is Lightning's hook argument name
-from zoo.adapters import GridPositionEmbedding, ImagePositions, ProjectorKind, make_head, make_projector
-from zoo.backbone import LanguageBackbone
-from zoo.checkpoint import CheckpointMismatchError  # noqa: F401  (re-exported: older imports name zoo.unified)
-from zoo.code_cache import cache_for
+from zoo.catalog import checkpoint as zoo_checkpoint  # `checkpoint` is Lightning's hook argument name
+from zoo.catalog.checkpoint import CheckpointMismatchError  # noqa: F401  (re-exported: older code imports it from this module)
 from zoo.config import Configurable, build
-from zoo.feedback import at_norm, corrupt_codes, corrupt_features, noisy, pick_codes
-from zoo.metrics import flatten_metrics  # noqa: F401  (re-exported: older imports name zoo.unified)
-from zoo.objectives import IGNORE_INDEX, ImageLossKind, image_token_loss, per_group_mean, text_cross_entropy
-from zoo.processor import UnifiedProcessor
+from zoo.eval.metrics import flatten_metrics  # noqa: F401  (re-exported: older code imports it from this module)
+from zoo.model.adapters import GridPositionEmbedding, ImagePositions, ProjectorKind, make_head, make_projector
+from zoo.model.backbone import LanguageBackbone
+from zoo.model.code_cache import cache_for
+from zoo.model.feedback import at_norm, corrupt_codes, corrupt_features, noisy, pick_codes
+from zoo.model.objectives import IGNORE_INDEX, ImageLossKind, image_token_loss, per_group_mean, text_cross_entropy
+from zoo.model.processor import UnifiedProcessor
+from zoo.model.settings import EvalSettings, OptimSettings, configure_adamw_cosine
 from zoo.sample import TASKS
-from zoo.settings import EvalSettings, OptimSettings, configure_adamw_cosine
 from zoo.spaces.base import ImageSpace
 
 
@@ -31,12 +31,12 @@ class UnifiedVLM(Configurable, L.LightningModule):
     `encode_read_images` (understanding input), `encode_written_images` (teacher forcing + targets),
     `image_loss` (generation objective), and at inference `next_image_token` -> `choose_image_token` ->
     `feedback`. `loss` combines `forward`'s per-token losses into the training objective. What
-    `unizoo test|predict` write is zoo.eval_callback.EvalWriter's job (attached by `configure_callbacks`).
+    `unizoo test|predict` write is zoo.eval.writer.EvalWriter's job (attached by `configure_callbacks`).
     """
 
     # Constructor arguments that change how the model trains or decodes, not which weights it has: a
     # checkpoint may be resumed or tested with other values (`unizoo fit|test --ckpt_path` checks the rest).
-    # The list and why it is explicit: zoo/checkpoint.py. A subclass with settings of its own extends it.
+    # The list and why it is explicit: zoo/catalog/checkpoint.py. A subclass with settings of its own extends it.
     RUN_SETTINGS = zoo_checkpoint.RUN_SETTINGS
 
     def __init__(
@@ -95,12 +95,12 @@ class UnifiedVLM(Configurable, L.LightningModule):
                 raise ValueError(f"image_loss {self.image_loss_kind!r} does not fit a {'discrete' if out.discrete else 'continuous'} output space")
             if self.image_loss_kind == "cosine":
                 # 1 - cosine leaves the predictions' norm free: generation feeds back their direction at
-                # the running mean norm of the written features, kept here (zoo.feedback.at_norm says why).
+                # the running mean norm of the written features, kept here (zoo.model.feedback.at_norm says why).
                 self.register_buffer("written_feature_norm", torch.zeros(()))
         self.alpha = alpha
         if image_positions not in ("none", "grid"):
             raise ValueError(f"image_positions must be 'none' or 'grid', got {image_positions!r}")
-        if image_positions == "grid":  # the 2-D place of read and written image tokens (zoo.adapters)
+        if image_positions == "grid":  # the 2-D place of read and written image tokens (zoo.model.adapters)
             if self.input_space is not None:
                 self.read_positions = GridPositionEmbedding(self.input_space.num_tokens, hidden)
             if self.output_space is not None:
@@ -108,7 +108,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
         if feedback_noise < 0 or not 0 <= condition_dropout < 1 or not 0 <= feedback_corruption < 1:
             raise ValueError(f"feedback_noise must be >= 0, feedback_corruption and condition_dropout in [0, 1), got "
                              f"{feedback_noise}, {feedback_corruption}, {condition_dropout}")
-        # Training only, on the fed-back written tokens (the targets stay true); why: zoo/feedback.py.
+        # Training only, on the fed-back written tokens (the targets stay true); why: zoo/model/feedback.py.
         self.feedback_noise = feedback_noise  # Gaussian noise of this size relative to each feature's RMS
         self.feedback_corruption = feedback_corruption  # this share of tokens replaced by random ones
         context = self.backbone.max_positions
@@ -301,14 +301,14 @@ class UnifiedVLM(Configurable, L.LightningModule):
     # ----------------------------------------------------------------------------- evaluation, optimisation
     def generation_config(self) -> "GenerationConfig":
         """Decoding settings of evaluation (`eval_settings`: greedy, at most `eval_max_new_tokens` new text tokens)."""
-        from zoo.generate import GenerationConfig
+        from zoo.model.generate import GenerationConfig
 
         return GenerationConfig(**asdict(self.eval_settings), seed=0)
 
     def test_step(self, batch: list, batch_idx: int) -> list[dict[str, Any]]:
-        """Answer, caption and draw for a list of Samples: the batch's records (zoo.evaluation), which
+        """Answer, caption and draw for a list of Samples: the batch's records (zoo.eval.evaluation), which
         EvalWriter scores and writes at the epoch's end (`eval_metrics`, `eval_outputs`)."""
-        from zoo.evaluation import evaluate_samples
+        from zoo.eval.evaluation import evaluate_samples
 
         return evaluate_samples(self, batch, self.generation_config())
 
@@ -317,8 +317,8 @@ class UnifiedVLM(Configurable, L.LightningModule):
         return self.test_step(batch, batch_idx)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """EvalWriter (zoo.eval_callback): every trainer that tests or predicts with this model writes its outputs."""
-        from zoo.eval_callback import EvalWriter
+        """EvalWriter (zoo.eval.writer): every trainer that tests or predicts with this model writes its outputs."""
+        from zoo.eval.writer import EvalWriter
 
         return [EvalWriter()]
 
@@ -328,7 +328,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
         return configure_adamw_cosine(self, self.backbone, self.optim_settings, total)
 
     # ----------------------------------------------------------------------------- checkpoints
-    # Checkpoint policy lives in zoo/checkpoint.py; these methods stay because subclasses override them and
+    # Checkpoint policy lives in zoo/catalog/checkpoint.py; these methods stay because subclasses override them and
     # other code (registry, CLI) calls them on any model.
     def reloadable_prefixes(self) -> list[str]:
         """State-dict prefixes of frozen components that rebuild from their own source (hub id, path)."""
