@@ -59,9 +59,9 @@ def test_one_training_step_runs(name, samples):
     optimizer.zero_grad()
     loss.backward()
     with_grad = [n for n, p in trainable if p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0]
-    for part in ("backbone.", "und_projector.", "head."):
+    for part in ("backbone.", "read_projector.", "head."):
         assert any(n.startswith(part) for n in with_grad), f"{part} got no gradient"
-    assert not any(n.startswith(("input_space.", "output_space.")) for n in with_grad), "a frozen space learned"
+    assert not any(n.startswith(("read_space.", "write_space.")) for n in with_grad), "a frozen space learned"
     optimizer.step()
     assert torch.isfinite(model.loss(model(batch))[0])
 
@@ -72,7 +72,7 @@ def test_writes_one_image(name, samples):
     model = _model(name).eval()
     requests = [s for s in samples if s.task == "generation"]
     written = generate_images(model, _image_prompt(model, requests), GenerationConfig(max_new_tokens=0, max_images=1))
-    space = model.output_space
+    space = model.write_space
     assert written.shape[:2] == (len(requests), space.num_tokens)
     if space.discrete:
         assert written.dtype == torch.long and 0 <= written.min() and written.max() < space.codebook_size

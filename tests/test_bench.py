@@ -172,9 +172,9 @@ def test_encoder_timer_counts_a_wrapped_space_once():
         def encode(self, x):
             return inner.encode(x)
 
-    model = SimpleNamespace(input_space=Outer(), output_space=inner)
+    model = SimpleNamespace(read_space=Outer(), write_space=inner)
     spent, restore = bench._time_encoders(model)
-    model.input_space.encode(1)
+    model.read_space.encode(1)
     assert 0.1 <= spent["s"] < 0.2  # once, not once per nesting level
     assert len(restore) == 4
 

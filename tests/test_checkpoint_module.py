@@ -89,7 +89,7 @@ def test_allowed_missing_keys_and_globs_and_partial_loads():
 def test_unified_load_state_dict_uses_the_check():
     model = _smoke("siglip-siglip")
     state = dict(model.state_dict())
-    state.pop("written_feature_norm")  # optional: older checkpoints lack it
+    state.pop("write_feature_norm")  # optional: older checkpoints lack it
     model.load_state_dict(state)
     first = next(iter(state))
     state.pop(first)
@@ -200,14 +200,14 @@ class _Holder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.backbone = _Component(pretrained="org/lm")
-        self.input_space = _Component(base={"class_path": "x.Space", "init_args": {"checkpoint": "vq.pt"}})
-        self.output_space = _Component(size=8)  # built from its config alone: its weights stay in checkpoints
+        self.read_space = _Component(base={"class_path": "x.Space", "init_args": {"checkpoint": "vq.pt"}})
+        self.write_space = _Component(size=8)  # built from its config alone: its weights stay in checkpoints
 
 
 def test_frozen_policy_leaves_out_only_frozen_weights_with_a_source():
     holder = _Holder()
     prefixes = reloadable_prefixes(holder)
-    assert prefixes == ["backbone.", "input_space."]
+    assert prefixes == ["backbone.", "read_space."]
     assert frozen_state_keys(holder, prefixes) == {f"{p}frozen.{w}" for p in prefixes for w in ("weight", "bias")}
     assert frozen_state_keys(holder, []) == set()
 
@@ -234,11 +234,11 @@ def test_named_settings_are_run_settings():
 # Every constructor argument of UnifiedVLM and its variants is a component, a run setting, or one of
 # these architecture arguments; each comes with a preset and another value to build it with.
 CHANGES_WEIGHTS = {  # another value changes the state dict's keys or shapes
-    "und_projector": ("siglip-vq", "linear"),
-    "gen_projector": ("siglip-vq", "mlp"),
+    "read_projector": ("siglip-vq", "linear"),
+    "write_projector": ("siglip-vq", "mlp"),
     "projector": ("siglip-siglip", "linear"),
     "image_positions": ("siglip-siglip", "grid"),
-    "image_loss": ("siglip-siglip", "mse"),  # only the cosine loss keeps a written_feature_norm buffer
+    "image_loss": ("siglip-siglip", "mse"),  # only the cosine loss keeps a write_feature_norm buffer
 }
 SAME_WEIGHTS_ARCHITECTURE = {  # architecture, yet keys and shapes stay: why RUN_SETTINGS is a list
     "share_projector": ("siglip-siglip", False),

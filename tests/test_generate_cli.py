@@ -59,7 +59,7 @@ def test_generation_request_writes_a_png(vq_run, tmp_path, capsys):
     png = out / "image-0.png"
     assert f"image written to {png}" in printed
     with Image.open(png) as im:
-        assert im.size == (model.output_space.image_size,) * 2 and im.mode == "RGB"
+        assert im.size == (model.write_space.image_size,) * 2 and im.mode == "RGB"
 
 
 def test_continuous_output_is_saved_as_features(tmp_path, capsys):
@@ -68,7 +68,7 @@ def test_continuous_output_is_saved_as_features(tmp_path, capsys):
     generate(str(run), "please draw a smart watch.", out=str(out), max_new_tokens=2, draw=True)
     assert "cannot be shown as pixels" in capsys.readouterr().out
     features = load_file(str(out / "image-0.safetensors"))["features"]
-    assert features.shape == (model.output_space.num_tokens, model.output_space.dim)
+    assert features.shape == (model.write_space.num_tokens, model.write_space.dim)
 
 
 def test_continuous_output_with_a_pixel_decoder_is_drawn_as_png(tmp_path, capsys):
@@ -79,7 +79,7 @@ def test_continuous_output_with_a_pixel_decoder_is_drawn_as_png(tmp_path, capsys
     save_decoder(FeatureDecoder(space.num_tokens, space.dim, space.image_size, width=32), decoder_file)
     run, model = _trained_run(tmp_path / "run", "siglip-siglip",
                               space={"init_args": {"pixel_decoder": str(decoder_file)}})
-    assert model.output_space.can_decode
+    assert model.write_space.can_decode
     out = tmp_path / "out"
     generate(str(run), "please draw a smart watch.", out=str(out), max_new_tokens=2, draw=True)
     assert "image written to" in capsys.readouterr().out

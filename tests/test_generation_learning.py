@@ -75,9 +75,9 @@ def test_feedback_corruption_replaces_fed_back_tokens_only_in_training(generatio
     model = _model(arch, feedback_corruption=0.5)
     batch = model.processor(generation_samples[:2])
     with torch.no_grad():
-        fed_eval, targets_eval = model.encode_written_images(batch)
+        fed_eval, targets_eval = model.encode_write(batch)
         model.train()
-        fed_train, targets_train = model.encode_written_images(batch)
+        fed_train, targets_train = model.encode_write(batch)
     assert torch.equal(targets_eval, targets_train)  # the targets are never corrupted
     changed = (fed_eval - fed_train).abs().amax(-1) > 1e-6
     assert 0.3 < changed.float().mean() < 0.7, changed.float().mean()  # about half of the fed-back tokens

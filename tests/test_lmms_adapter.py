@@ -102,7 +102,7 @@ def test_greedy_flag_on_the_models_own_argmax(adapter):
         prompt = model.processor.prompt([sample])
         embeds = model.backbone.embed_tokens(prompt["input_ids"])
         read = prompt["input_ids"] == model.backbone.token_ids["image"]
-        embeds = embeds.masked_scatter(read.unsqueeze(-1), model.encode_read_images(prompt))
+        embeds = embeds.masked_scatter(read.unsqueeze(-1), model.encode_read(prompt))
         hidden, _ = model.backbone.hidden_states(embeds, prompt["attention_mask"])
         logits = model.backbone.lm_logits(hidden[0, -1])
     vocab = model.backbone.tokenizer

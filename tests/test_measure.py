@@ -49,7 +49,7 @@ def _vq_run(tmp_path):
 def test_generation_compares_teacher_forced_and_free_running_per_position(tmp_path):
     run, model = _vq_run(tmp_path)
     result = measure.generation(str(run), images=6, out=str(tmp_path / "m"))
-    n = model.output_space.num_tokens
+    n = model.write_space.num_tokens
     assert result["metric"] == "code_accuracy" and result["images"] == 6
     assert len(result["teacher_forced_per_position"]) == len(result["free_running_per_position"]) == n
     assert 0.0 <= result["free_running_mean"] <= 1.0

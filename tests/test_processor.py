@@ -102,8 +102,8 @@ def test_vqa_expansion_and_labels(tok, proc):
     assert labelled.tolist() == [False] * 14 + [True] * 6  # only the answer and its EOS
     assert torch.equal(labels[labelled], ids[labelled])
     assert (labels[ids == proc.token_ids["image"]] == -100).all()
-    assert batch["und_pixels"].shape == (1, 3, 16, 16) and batch["gen_pixels"] is None
-    assert batch["und_codes"] is None and batch["gen_codes"] is None
+    assert batch["read_pixels"].shape == (1, 3, 16, 16) and batch["write_pixels"] is None
+    assert batch["read_codes"] is None and batch["write_codes"] is None
     assert batch["tasks"] == ["vqa"] and batch["attrs"] == [{"id": "w1"}]
 
 
@@ -114,7 +114,7 @@ def test_generation_block_and_labels(tok, proc):
     assert words(tok, ids) == prompt + ["<boi>"] + ["<image_out>"] * 4 + ["<eoi>", "</s>"]
     t = proc.token_ids
     assert labels.tolist() == [-100] * len(prompt) + [t["boi"]] + [-100] * 4 + [t["eoi"], t["eos"]]
-    assert batch["gen_pixels"].shape == (1, 3, 16, 16) and batch["und_pixels"] is None
+    assert batch["write_pixels"].shape == (1, 3, 16, 16) and batch["read_pixels"] is None
 
 
 def test_multi_turn(tok, proc):
@@ -129,8 +129,8 @@ def test_multi_turn(tok, proc):
     assert toks.count("<image>") == 4 and toks.count("<image_out>") == 4
     labelled = words(tok, labels[labels != -100])
     assert labelled == ["0", "7", ":", "0", "5", "</s>", "a", "watch", "<boi>", "<eoi>", "</s>"]
-    assert batch["und_pixels"][0, 0].mean() == 1.0  # red is read
-    assert batch["gen_pixels"][0, 2].mean() == 1.0 and batch["gen_pixels"][0, 0].mean() == 0.0  # blue is written
+    assert batch["read_pixels"][0, 0].mean() == 1.0  # red is read
+    assert batch["write_pixels"][0, 2].mean() == 1.0 and batch["write_pixels"][0, 0].mean() == 0.0  # blue is written
 
 
 def test_batch_padding_and_image_order(tok, proc):
@@ -143,9 +143,9 @@ def test_batch_padding_and_image_order(tok, proc):
         assert (batch["input_ids"][row, n:] == proc.token_ids["pad"]).all()
         assert (batch["labels"][row, n:] == -100).all()
         assert batch["attention_mask"][row, :n].all()
-    und, gen_px = batch["und_pixels"], batch["gen_pixels"]
-    assert und.shape == (2, 3, 16, 16) and gen_px.shape == (1, 3, 16, 16)
-    assert und[0, 0].mean() == 1.0 and und[1, 2].mean() == 1.0 and gen_px[0, 1].mean() == 1.0
+    read_px, write_px = batch["read_pixels"], batch["write_pixels"]
+    assert read_px.shape == (2, 3, 16, 16) and write_px.shape == (1, 3, 16, 16)
+    assert read_px[0, 0].mean() == 1.0 and read_px[1, 2].mean() == 1.0 and write_px[0, 1].mean() == 1.0
     assert batch["tasks"] == ["vqa", "generation", "vqa", "text"]
 
 
@@ -153,10 +153,10 @@ def test_errors_name_the_sample(tok, proc):
     short = UnifiedProcessor(tok, special_token_ids(tok), TinyContinuousSpace(), None, max_length=10)
     with pytest.raises(ValueError, match=r"sample 1 \(task 'vqa', id 'w7'\): 20 tokens .* max_length 10"):
         short([Sample("text", [_u("a"), _a("a")]), vqa(id="w7")])
-    with pytest.raises(ValueError, match="sample 0 .*writes 1 image.*no output space"):
+    with pytest.raises(ValueError, match="sample 0 .*writes 1 image.*no write space"):
         short([gen()])
     no_input = UnifiedProcessor(tok, special_token_ids(tok), None, TinyContinuousSpace())
-    with pytest.raises(ValueError, match="reads 1 image.*no input space"):
+    with pytest.raises(ValueError, match="reads 1 image.*no read space"):
         no_input([vqa()])
     with pytest.raises(ValueError, match="1 <image> markers but 0 images"):
         proc([Sample("vqa", [_u("<image>"), _a("a")])])
@@ -178,7 +178,7 @@ def test_prompt_left_padding_and_references(tok, proc):
     second = proc.prompt([multi], upto_turn=1)
     assert second["references"] == ["57%"]
     assert words(tok, second["input_ids"][0, -6:]) == ["user", ":", "battery", "?", "assistant", ":"]
-    assert second["und_pixels"].shape == (1, 3, 16, 16) and second["gen_pixels"] is None
+    assert second["read_pixels"].shape == (1, 3, 16, 16) and second["write_pixels"] is None
     with pytest.raises(ValueError, match="no assistant turn 1"):
         proc.prompt([vqa()], upto_turn=1)
 
@@ -196,15 +196,15 @@ def test_processor_uses_code_cache(tok):
     samples = [vqa(RED), gen(GREEN), vqa(BLUE)]
     samples[0].image_keys, samples[1].image_keys = ["red"], ["green"]  # the third is keyed by content
     batch = proc(samples)
-    assert batch["und_pixels"] is None and batch["gen_pixels"] is None
-    assert batch["und_codes"].shape == (2, 4) and batch["gen_codes"].shape == (1, 4)
-    assert batch["und_codes"].dtype == torch.long
+    assert batch["read_pixels"] is None and batch["write_pixels"] is None
+    assert batch["read_codes"].shape == (2, 4) and batch["write_codes"].shape == (1, 4)
+    assert batch["read_codes"].dtype == torch.long
     _, expected = space.encode(torch.stack([space.preprocess(image(c)) for c in (RED, BLUE)]))
-    assert torch.equal(batch["und_codes"], expected)
+    assert torch.equal(batch["read_codes"], expected)
     calls = space.calls
     proc(samples)
     assert space.calls == calls  # all hits the second time
-    with pytest.raises(ValueError, match="neither the input nor the output space"):
+    with pytest.raises(ValueError, match="neither the read nor the write space"):
         UnifiedProcessor(tok, special_token_ids(tok), TinyContinuousSpace(), None, code_cache=cache)
 
 

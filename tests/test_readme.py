@@ -108,4 +108,4 @@ def test_readme_component_lines_work_as_written(capsys, monkeypatch):
             assert {k: got["init_args"][k] for k in own["init_args"]} == own["init_args"], line
             assert f"Slot `{slot}`" in text, path  # the file's own comment names its slot
         built = build(config["model"])  # the documented line builds (tiny components: nothing downloaded)
-        assert built.input_space is not None
+        assert built.read_space is not None

@@ -29,7 +29,7 @@ ALL = sorted(p for p in RECIPES.rglob("[!_]*.yaml")
 SCALED = [p for p in ALL if p not in TINY]  # paper-scale, LLaVA and any other recipe: parse + build at smoke size
 SMALL_DATA = json.dumps([{"class_path": "datamodules.smartwatch.source.SmartWatchSource",
                           "init_args": {"train": 4, "val": 2, "test": 2, "size": 64, "seed": 0}}])
-SLOTS = ("space", "input_space", "output_space")
+SLOTS = ("space", "read_space", "write_space")
 
 
 def _rel(path: Path) -> str:
@@ -89,7 +89,7 @@ def test_large_recipe_parses_and_builds_at_smoke_size(path, capsys, monkeypatch)
         assert getattr(model, "hparams")[key] == pytest.approx(wanted["init_args"][key]), key
     assert model.backbone.train_mode == wanted["init_args"]["backbone"]["init_args"].get("train_mode", "full")
     if "strength" in wanted["init_args"]:
-        assert model.input_space.strength == pytest.approx(wanted["init_args"]["strength"])
+        assert model.read_space.strength == pytest.approx(wanted["init_args"]["strength"])
     trainer, data = config["trainer"], config["data"]["init_args"]
     global_batch = data["batch_size"] * trainer["devices"] * trainer["num_nodes"] * trainer["accumulate_grad_batches"]
     expected = {"paper": 384, "llava15": 256 if "stage1" in path.name else 128}.get(path.parent.name)
@@ -105,10 +105,10 @@ def test_paper_recipes_keep_the_paper_settings():
         assert (model["lr"], model["projector_lr"], model["warmup_ratio"], model["weight_decay"]) == (2e-4, 1e-4, 0.03, 0.0)
         lm = model["backbone"]["init_args"]
         assert (lm["model"], lm["train_mode"], lm["lora_r"], lm["lora_alpha"]) == ("lmsys/vicuna-7b-v1.5", "lora", 128, 256)
-        read, written = model.get("input_space", model.get("space")), model.get("output_space", model.get("space"))
+        read, written = model.get("read_space", model.get("space")), model.get("write_space", model.get("space"))
         is_vq = {k: s["class_path"].endswith("VQTokenizer") for k, s in (("read", read), ("written", written))}
         assert model["alpha"] == (0.2 if is_vq["written"] else 1.0), path.name  # CE on codes, cosine on SigLIP
-        kinds = [model[k] for k in ("projector", "und_projector", "gen_projector") if k in model]
+        kinds = [model[k] for k in ("projector", "read_projector", "write_projector") if k in model]
         assert kinds[0] == ("linear" if is_vq["read"] else "mlp"), path.name
 
 
@@ -123,7 +123,7 @@ def test_strategy_overlays_stack_after_a_recipe(overlay, capsys, monkeypatch):
     else:
         assert strategy["class_path"] == own["class_path"]
         assert strategy["init_args"]["auto_wrap_policy"] == own["init_args"]["auto_wrap_policy"]
-    assert config["model"]["init_args"]["input_space"]["init_args"]["pretrained"] == "google/siglip-base-patch16-224"
+    assert config["model"]["init_args"]["read_space"]["init_args"]["pretrained"] == "google/siglip-base-patch16-224"
 
 
 def _component(path: Path) -> tuple[str, dict]:
@@ -166,7 +166,7 @@ def test_every_space_component_comes_in_every_slot():
     assert len(spaces) >= 6
     for name, slots in spaces.items():
         assert set(slots) == set(SLOTS), name
-        assert slots["space"] == slots["input_space"] == slots["output_space"], name
+        assert slots["space"] == slots["read_space"] == slots["write_space"], name
 
 
 def test_tiny_components_stack_and_build(capsys, monkeypatch):
@@ -179,12 +179,12 @@ def test_tiny_components_stack_and_build(capsys, monkeypatch):
         config = _resolved(["--config", shared, "--config", comp("lm-tiny-llama.yaml"), "--config", comp(space)],
                            capsys, monkeypatch)
         built = build(config["model"])
-        assert built.input_space.image_size == 64 and built.input_space is built.output_space
+        assert built.read_space.image_size == 64 and built.read_space is built.write_space
     separate = str(RECIPES / "smartwatch" / "tiny" / "siglip-vq.yaml")
-    config = _resolved(["--config", separate, "--config", comp("input_space-tiny-vq.yaml"),
-                        "--config", comp("output_space-tiny-siglip.yaml")], capsys, monkeypatch)
+    config = _resolved(["--config", separate, "--config", comp("read_space-tiny-vq.yaml"),
+                        "--config", comp("write_space-tiny-siglip.yaml")], capsys, monkeypatch)
     built = build(config["model"])
-    assert built.input_space.discrete and not built.output_space.discrete
+    assert built.read_space.discrete and not built.write_space.discrete
 
 
 def test_architecture_recipes_leave_the_language_model_to_their_base():

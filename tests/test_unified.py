@@ -44,11 +44,11 @@ def test_gradients_reach_only_trainable_parts(name, samples):
     model = _model(name)
     model.loss(model(model.processor(samples)))[0].backward()
     for pname, param in model.named_parameters():
-        if pname.startswith(("input_space.", "output_space.")):
+        if pname.startswith(("read_space.", "write_space.")):
             assert param.grad is None, f"frozen space parameter {pname} got a gradient"
-    parts = ["und_projector", "head", "backbone"]
-    if model.gen_projector is not model.und_projector:  # a shared projector is listed once, as und_projector
-        parts.append("gen_projector")
+    parts = ["read_projector", "head", "backbone"]
+    if model.write_projector is not model.read_projector:  # a shared projector is listed once, as read_projector
+        parts.append("write_projector")
     for part in parts:
         grads = [p.grad for n, p in model.named_parameters() if n.startswith(part + ".") and p.requires_grad]
         assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), f"{part} got no gradient"
@@ -56,9 +56,9 @@ def test_gradients_reach_only_trainable_parts(name, samples):
 
 def test_shared_projector_is_one_module():
     model = _model("siglip-siglip")
-    assert model.gen_projector is model.und_projector
+    assert model.write_projector is model.read_projector
     separate = _model("siglip-siglip", share_projector=False)
-    assert separate.gen_projector is not separate.und_projector
+    assert separate.write_projector is not separate.read_projector
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -78,14 +78,14 @@ def test_cached_and_recompute_generation_agree(name, samples):
     cfg = dict(max_new_tokens=4, max_images=1)
     cached = generate(model, prompt, GenerationConfig(**cfg, use_cache=True))
     recompute = generate(model, prompt, GenerationConfig(**cfg, use_cache=False))
-    n = model.output_space.num_tokens
+    n = model.write_space.num_tokens
     assert all(len(imgs) == 1 and imgs[0].shape[0] == n for imgs in cached.images)
     assert cached.token_ids == recompute.token_ids
     for a, b in zip(cached.images, recompute.images):
         assert torch.allclose(a[0].float(), b[0].float(), atol=1e-4)
-    if model.output_space.can_decode:
+    if model.write_space.can_decode:
         pixels = decode_images(model, [imgs[0] for imgs in cached.images])
-        assert pixels.shape[0] == len(cached.images) and pixels.shape[-1] == model.output_space.image_size
+        assert pixels.shape[0] == len(cached.images) and pixels.shape[-1] == model.write_space.image_size
 
 
 def test_every_variant_class_has_a_preset():
@@ -199,10 +199,10 @@ def test_subclass_is_a_few_lines(samples):
 
     spec = preset("siglip-siglip", "smoke")["init_args"]
     model = SquaredErrorVLM(
-        backbone=spec["backbone"], input_space=spec["space"], output_space=spec["space"], image_loss="mse"
+        backbone=spec["backbone"], read_space=spec["space"], write_space=spec["space"], image_loss="mse"
     )
     out = model(model.processor(samples))
-    assert out["image_loss"].shape[0] == 2 * model.output_space.num_tokens
+    assert out["image_loss"].shape[0] == 2 * model.write_space.num_tokens
     assert torch.isfinite(out["image_loss"]).all()
 
 
@@ -211,13 +211,13 @@ def test_init_from_copies_matching_weights(tmp_path):
 
     first = _model("siglip-siglip")
     with torch.no_grad():
-        first.und_projector[0].weight.add_(1.0)
+        first.read_projector[0].weight.add_(1.0)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
     trainer.strategy.connect(first)
     path = tmp_path / "stage1.ckpt"
     trainer.save_checkpoint(path)
     second = _model("siglip-siglip", init_from=str(path))
-    assert torch.equal(second.und_projector[0].weight, first.und_projector[0].weight)
+    assert torch.equal(second.read_projector[0].weight, first.read_projector[0].weight)
     saved = torch.load(path, weights_only=True)
     assert saved["hyper_parameters"].get("init_from") is None
     with pytest.raises(FileNotFoundError, match="init_from"):
@@ -231,7 +231,7 @@ def test_cached_encoder_outputs_give_the_same_losses(name, flag, samples):
     cached.load_state_dict(plain.state_dict())
     batch, cached_batch = plain.processor(samples), cached.processor(samples)
     side = "features" if flag == "cache_features" else "codes"
-    assert cached_batch[f"gen_{side}"] is not None and cached_batch["gen_pixels"] is None
+    assert cached_batch[f"write_{side}"] is not None and cached_batch["write_pixels"] is None
     with torch.no_grad():
         a, b = plain(batch), cached(cached_batch)
     for key in ("text_loss", "image_loss"):
@@ -246,19 +246,19 @@ def test_cosine_outputs_are_fed_back_at_the_written_features_norm(samples):
     raw, _ = model.next_image_token(hidden)
     assert torch.equal(raw, model.head(hidden)), "before training no norm is known: the raw prediction"
     model(batch)
-    _, targets = model.encode_written_images(batch)
-    assert model.written_feature_norm.item() == pytest.approx(targets.norm(dim=-1).mean().item(), rel=1e-5)
+    _, targets = model.encode_write(batch)
+    assert model.write_feature_norm.item() == pytest.approx(targets.norm(dim=-1).mean().item(), rel=1e-5)
     fed, embedding = model.next_image_token(hidden)
-    assert torch.allclose(fed.norm(dim=-1), model.written_feature_norm.expand(3), rtol=1e-4)
+    assert torch.allclose(fed.norm(dim=-1), model.write_feature_norm.expand(3), rtol=1e-4)
     assert torch.allclose(torch.nn.functional.cosine_similarity(fed, raw, dim=-1), torch.ones(3), atol=1e-5)
-    assert torch.allclose(embedding, model.gen_projector(fed.unsqueeze(1)).squeeze(1))
+    assert torch.allclose(embedding, model.write_projector(fed.unsqueeze(1)).squeeze(1))
     model.eval()(batch)  # evaluation passes leave the statistic alone
-    assert model.written_feature_norm.item() == pytest.approx(targets.norm(dim=-1).mean().item(), rel=1e-5)
-    older = {k: v for k, v in model.state_dict().items() if k != "written_feature_norm"}
+    assert model.write_feature_norm.item() == pytest.approx(targets.norm(dim=-1).mean().item(), rel=1e-5)
+    older = {k: v for k, v in model.state_dict().items() if k != "write_feature_norm"}
     fresh = _model("siglip-siglip")
     fresh.load_state_dict(older)  # checkpoints from before the statistic still load
-    assert fresh.written_feature_norm.item() == 0.0
-    assert not hasattr(_model("vq-vq"), "written_feature_norm")
+    assert fresh.write_feature_norm.item() == 0.0
+    assert not hasattr(_model("vq-vq"), "write_feature_norm")
 
 
 def test_loss_is_text_plus_alpha_times_image(samples):

@@ -1,7 +1,7 @@
 """`unizoo bench --gpu`: bf16 training steps and image generation of the paper-shaped model on one GPU.
 
 Random weights, real shapes: a Vicuna-7B-shaped Llama with LoRA r128 on every linear layer, a
-SigLIP-B/16-224-shaped input space (196 tokens) and a LlamaGen VQ-16-shaped output space (256 codes of
+SigLIP-B/16-224-shaped read space (196 tokens) and a LlamaGen VQ-16-shaped write space (256 codes of
 16384), i.e. the paper's SigLIP-VQ model. Reported: training tokens/s, model FLOPs utilisation (FLOPs
 counted by torch's FlopCounterMode on one step, divided by step time and the card's dense bf16 peak),
 and the latency of writing one 256-token image against the memory-bandwidth bound (every weight read
@@ -65,8 +65,8 @@ def build_paper_shaped(shapes: str = "full", device: str | torch.device = "cpu")
                                     lora_alpha=s["lora_alpha"], lora_dropout=0.05, dtype="bfloat16")
     vit = HFVisionSpace(model_class="transformers.SiglipVisionModel", config=dict(s["vit"]), layer=-2)
     vq = VQTokenizer(**s["vq"])
-    model = SeparateSpacesVLM(backbone=backbone, input_space=vit, output_space=vq, und_projector="mlp",
-                              gen_projector="linear", alpha=0.2, lr=2e-4, projector_lr=1e-4, weight_decay=0.0,
+    model = SeparateSpacesVLM(backbone=backbone, read_space=vit, write_space=vq, read_projector="mlp",
+                              write_projector="linear", alpha=0.2, lr=2e-4, projector_lr=1e-4, weight_decay=0.0,
                               warmup_ratio=0.03)
     return model.to(device)
 
@@ -143,10 +143,10 @@ def gpu_bench(shapes: str = "full", device: str | None = None) -> dict[str, Any]
     achieved = flops_per_token * sum(tokens) / sum(times)
 
     model.eval()
-    weight_bytes = sum(p.numel() * p.element_size() for m in (model.backbone, model.head, model.gen_projector)
+    weight_bytes = sum(p.numel() * p.element_size() for m in (model.backbone, model.head, model.write_projector)
                        for p in m.parameters())
     prompts = _image_prompt(model, dev)
-    n_image = model.output_space.num_tokens
+    n_image = model.write_space.num_tokens
     cfg = GenerationConfig(max_new_tokens=0, max_images=1, use_cache=True)
     with autocast:
         generate(model, prompts, cfg, start_in_image=True)  # warm-up (kernels, allocator)

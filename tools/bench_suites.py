@@ -171,7 +171,7 @@ def _image_prompts(model, batch_size: int, seed: int = 0) -> dict[str, Any]:
     """Left-padded generation prompts of `batch_size` smart-watch requests, each ending in `<boi>`."""
     from datamodules.smartwatch.source import watch_sample
 
-    size = max(64, model.output_space.image_size)  # the prompt is text: the drawn image is never read
+    size = max(64, model.write_space.image_size)  # the prompt is text: the drawn image is never read
     samples = [watch_sample(seed, "test", i, "generation", size=size) for i in range(batch_size)]
     prompt = model.processor.prompt(samples)
     boi = torch.full((batch_size, 1), model.backbone.token_ids["boi"], dtype=torch.long)
@@ -192,14 +192,14 @@ def generation_model(image_tokens: int, recipe: str | os.PathLike | None = None)
     spec = _recipe_parts(recipe)[0] if recipe else preset("siglip-siglip", "tiny", space=None)
     if not recipe:
         spec["init_args"]["space"] = siglip("tiny")
-    space = spec["init_args"].get("space") or spec["init_args"].get("output_space")
+    space = spec["init_args"].get("space") or spec["init_args"].get("write_space")
     cfg = (space or {}).get("init_args", {}).get("config")
     if not cfg or "patch_size" not in cfg:
-        raise ValueError(f"{recipe}: generation bench needs a ViT output space with a `config` (image_size, patch_size)")
+        raise ValueError(f"{recipe}: generation bench needs a ViT write space with a `config` (image_size, patch_size)")
     grid = int(round(image_tokens ** 0.5))
     if grid * grid != image_tokens:
         raise ValueError(f"image_tokens must be a square number, got {image_tokens}")
-    key = "space" if "space" in spec["init_args"] else "output_space"
+    key = "space" if "space" in spec["init_args"] else "write_space"
     spec = merge(spec, {"init_args": {key: {"init_args": {"config": {"image_size": grid * cfg["patch_size"]}}}}})
     return _build_model(spec).eval()
 

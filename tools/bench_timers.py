@@ -72,7 +72,7 @@ def _time_encoders(model) -> tuple[dict[str, float], list]:
     """Wrap the spaces' encode/embed_codes (instance attributes, undone by the returned restore list)."""
     spent = {"s": 0.0, "depth": 0}  # depth: a wrapping space (AffineSpace) calls its base's encode inside its own
     restore = []
-    for space in {id(s): s for s in (model.input_space, model.output_space) if s is not None}.values():
+    for space in {id(s): s for s in (model.read_space, model.write_space) if s is not None}.values():
         for name in ("encode", "embed_codes"):
             original = getattr(space, name)
 

@@ -70,8 +70,8 @@ def build_request(prompt: str, image: str | None, model: UnifiedVLM):
         if markers:
             raise ValueError(f"the prompt holds {IMAGE_MARKER} but no --image was given")
         return Sample(task="text", turns=[{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}])
-    if model.input_space is None:
-        raise ValueError("this model reads no images (it has no input space); drop --image")
+    if model.read_space is None:
+        raise ValueError("this model reads no images (it has no read space); drop --image")
     if markers > 1:
         raise ValueError(f"the prompt holds {markers} {IMAGE_MARKER} markers for one image")
     content = prompt if markers else f"{IMAGE_MARKER}\n{prompt}"
@@ -96,7 +96,7 @@ def save_image_tokens(model: UnifiedVLM, tokens: list, out: str | os.PathLike) -
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    space = model.output_space
+    space = model.write_space
     written: list[Path] = []
     pixels = decode_images(model, tokens)
     if pixels is not None:
@@ -154,15 +154,15 @@ def generate(
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     model = load_model(ckpt)
-    if draw and model.output_space is None:
-        raise ValueError("--draw: this model writes no images (it has no output space)")
+    if draw and model.write_space is None:
+        raise ValueError("--draw: this model writes no images (it has no write space)")
     request = build_request(prompt, image, model)
     torch.manual_seed(seed)
     batch = model.processor.prompt([request])
     if draw:
         batch = _open_image(batch, model.backbone.token_ids["boi"])
     batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    config = GenerationConfig(max_new_tokens=max_new_tokens, max_images=1 if model.output_space is not None else 0,
+    config = GenerationConfig(max_new_tokens=max_new_tokens, max_images=1 if model.write_space is not None else 0,
                               temperature=temperature, image_temperature=temperature, seed=seed)
     result = decode(model, batch, config, start_in_image=draw)
     print(result.texts[0])
@@ -174,6 +174,6 @@ def generate(
         if path.suffix == ".png":
             print(f"image written to {path}")
         else:
-            print(f"image tokens written to {path} ({type(model.output_space).__name__} features cannot be shown "
+            print(f"image tokens written to {path} ({type(model.write_space).__name__} features cannot be shown "
                   f"as pixels without a pixel decoder: give the space a `pixel_decoder`, e.g. "
                   f"zoo:siglip-smartwatch-tiny-v2-decoder, to get PNGs)")

@@ -17,8 +17,9 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
 # Checkpoint reading and checking live in zoo/catalog/checkpoint.py; the names stay importable from here.
+from zoo import _legacy
 from zoo.catalog.checkpoint import (RUN_SETTINGS, CheckpointMismatchError, check_state_dict, current_hparams,
-                                   read_checkpoint, setting_differences)
+                                   current_state_dict, read_checkpoint, setting_differences)
 
 BASE_KEY = "_base"
 _LAST = re.compile(r"^last(-v\d+)?\.ckpt$")  # Lightning's names for save_last files
@@ -95,7 +96,8 @@ def load_recipe(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> dict[st
 
 
 def _expand_configs(argv: list[str], tmpdir: str) -> list[str]:
-    """Replace each `--config FILE` that uses `_base` by a resolved copy, so jsonargparse sees one file."""
+    """Replace each `--config FILE` that uses `_base` or older argument names (`input_space`, ...) by a
+    resolved copy, so jsonargparse sees one file in today's names; older names on the command line too."""
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
@@ -105,16 +107,53 @@ def _expand_configs(argv: list[str], tmpdir: str) -> list[str]:
         elif arg.startswith("--config="):
             value, i = arg.split("=", 1)[1], i + 1
         else:
-            out.append(arg)
+            out.append(_current_argument(arg))
             i += 1
             continue
         text = Path(value).read_text() if Path(value).is_file() else ""
-        if BASE_KEY in text:
-            resolved = Path(tmpdir) / f"{Path(value).stem}.resolved.yaml"
-            resolved.write_text(yaml.safe_dump(load_recipe(value), sort_keys=False))
+        renamed = _renamed_model_keys(text)
+        if BASE_KEY in text or renamed:
+            recipe = load_recipe(value)
+            if renamed:
+                recipe = _current_model_keys(recipe, value)
+            resolved = Path(tmpdir) / f"{len(out)}-{Path(value).stem}.resolved.yaml"
+            resolved.write_text(yaml.safe_dump(recipe, sort_keys=False))
             value = str(resolved)
         out += ["--config", value]
     return out
+
+
+def _renamed_model_keys(text: str) -> bool:
+    """Whether a recipe's text may name a renamed model argument (a cheap test before parsing it)."""
+    return any(re.search(rf"\b{old}\b", text) for old in _legacy.RENAMED_ARGUMENTS)
+
+
+def _current_model_keys(recipe: dict[str, Any], where: str) -> dict[str, Any]:
+    """`recipe` with its model's renamed arguments (`input_space` -> `read_space`, ...) under today's names."""
+    model = recipe.get("model")
+    args = model.get("init_args") if isinstance(model, dict) else None
+    if not isinstance(args, dict):
+        return recipe
+    try:
+        current, found = _legacy.current_arguments(args)
+    except ValueError as err:
+        raise RecipeError(f"recipe {where}: {err}") from None
+    if found:
+        rank_zero_warn(f"recipe {where}: {', '.join(f'{k} is now {_legacy.RENAMED_ARGUMENTS[k]}' for k in found)} "
+                       "(a model reads and writes images); the old names still work but will go", category=FutureWarning)
+        recipe = {**recipe, "model": {**model, "init_args": current}}
+    return recipe
+
+
+def _current_argument(arg: str) -> str:
+    """`--model.init_args.input_space...` -> `--model.init_args.read_space...` (an older argument name)."""
+    for old, new in _legacy.RENAMED_ARGUMENTS.items():
+        for prefix in (f"--model.init_args.{old}", f"--model.{old}"):
+            if arg == prefix or arg.startswith((f"{prefix}.", f"{prefix}=")):
+                rank_zero_warn(f"{arg.split('=')[0]}: {old} is now {new}; the old name still works but will go",
+                               category=FutureWarning)
+                return arg.replace(old, new, 1)
+    return arg
 
 
 class SafeSaveConfig(SaveConfigCallback):
@@ -274,7 +313,7 @@ def check_checkpoint(model: Any, path: str | os.PathLike) -> None:
                 "Pass the recipe the checkpoint was trained with (or leave out the model to rebuild it from the checkpoint)")
     # Without hyperparameters (bare weights) the state dict alone tells; frozen keys reload from their source.
     frozen = model.frozen_state_keys() if hasattr(model, "frozen_state_keys") else ()
-    check_state_dict(ckpt["state_dict"], model.state_dict(), where=f"{path} does not fit {type(model).__name__}",
+    check_state_dict(current_state_dict(ckpt["state_dict"]), model.state_dict(), where=f"{path} does not fit {type(model).__name__}",
                      allowed_missing=frozen)
 
 

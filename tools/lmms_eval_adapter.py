@@ -216,7 +216,7 @@ class UnizooLMM:
         enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
         raw = enc["input_ids"]
         image = self._model.backbone.token_ids["image"]
-        n_in = self._model.processor.input_space.num_tokens if self._model.processor.input_space is not None else 1
+        n_in = self._model.processor.read_space.num_tokens if self._model.processor.read_space is not None else 1
         expanded, shift = [], 0
         for token in raw:  # where each raw token lands once every read <image> becomes n_in positions
             expanded.append(len(expanded) + shift)
@@ -232,7 +232,7 @@ class UnizooLMM:
         embeds = model.backbone.embed_tokens(batch["input_ids"])
         read = batch["input_ids"] == model.backbone.token_ids["image"]
         if read.any():
-            embeds = embeds.masked_scatter(read.unsqueeze(-1), model.encode_read_images(batch).to(embeds.dtype))
+            embeds = embeds.masked_scatter(read.unsqueeze(-1), model.encode_read(batch).to(embeds.dtype))
         hidden, _ = model.backbone.hidden_states(embeds, batch["attention_mask"])
         out = []
         for i, (sample, text) in enumerate(zip(samples, texts)):

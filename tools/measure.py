@@ -65,13 +65,13 @@ def spaces(recipes: list[str], images: int = 500, fit: int = 1500, seed: int = 0
     for recipe in recipes:
         model = build(load_recipe(recipe)["model"]).eval()
         row: dict[str, Any] = {}
-        if model.input_space is not None:
-            size = model.input_space.image_size
-            probes = ev.token_probe_accuracies(_space_encoder(model.input_space, size), seed, size, fit, images)
+        if model.read_space is not None:
+            size = model.read_space.image_size
+            probes = ev.token_probe_accuracies(_space_encoder(model.read_space, size), seed, size, fit, images)
             row["read"] = {k.replace("token_probe_", ""): v for k, v in probes.items()}
-        if model.output_space is not None:
-            roundtrip = _roundtrip(model.output_space)
-            row["written"] = (ev.reader_on_images(judge, roundtrip, seed, images, model.output_space.image_size)
+        if model.write_space is not None:
+            roundtrip = _roundtrip(model.write_space)
+            row["written"] = (ev.reader_on_images(judge, roundtrip, seed, images, model.write_space.image_size)
                               if roundtrip is not None else "no pixel decoder")
         results[recipe] = row
         print(_format_row(recipe, row), flush=True)
@@ -116,7 +116,7 @@ def generation(run: str, images: int = 100, seed: int = 0, out: str = DEFAULT_OU
         torch.set_num_threads(threads)
     path = find_checkpoint(run)
     model = load_model(path).eval()
-    space = model.output_space
+    space = model.write_space
     if space is None:
         raise ValueError(f"measure generation: {run} writes no images")
     data_seed, size = _watch_source(Path(run), model)
@@ -169,12 +169,12 @@ def _teacher_forced(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, to
     ids = batch["input_ids"]
     embeds = model.embed_inputs(batch)
     write_pos = ids == model.backbone.token_ids["image_out"]
-    teacher, targets = model.encode_written_images(batch)
+    teacher, targets = model.encode_write(batch)
     embeds = embeds.masked_scatter(write_pos.unsqueeze(-1), teacher.to(embeds.dtype))
     hidden, _ = model.backbone.hidden_states(embeds, batch["attention_mask"])
     predicted = model.head(hidden[:, :-1][write_pos[:, 1:]])
-    n = model.output_space.num_tokens
-    if model.output_space.discrete:
+    n = model.write_space.num_tokens
+    if model.write_space.discrete:
         return targets.view(-1, n), predicted.argmax(-1).view(-1, n)
     return targets.view(-1, n, targets.shape[-1]), predicted.view(-1, n, predicted.shape[-1])
 
@@ -216,7 +216,7 @@ def guidance(run: str, scales: list[float] = (1.0, 2.0, 3.0), temperatures: list
         torch.set_num_threads(threads)
     path = find_checkpoint(run)
     model = load_model(path).eval()
-    if model.output_space is None or not model.output_space.can_decode:
+    if model.write_space is None or not model.write_space.can_decode:
         raise ValueError(f"measure guidance: {run} writes no decodable images")
     data_seed, size = _watch_source(Path(run), model)
     counts = {"train": 1, "val": 1, "test": 1, split: images * 3}
@@ -262,7 +262,7 @@ def prompt(run: str, images: int = 100, split: str = "val", all_checkpoints: boo
     rows = []
     for path in paths:
         model = load_model(path).eval()
-        if model.output_space is None:
+        if model.write_space is None:
             raise ValueError(f"measure prompt: {run} writes no images")
         if not rows:  # the same samples for every checkpoint
             data_seed, size = _watch_source(Path(run), model)
@@ -270,7 +270,7 @@ def prompt(run: str, images: int = 100, split: str = "val", all_checkpoints: boo
             source = SmartWatchSource(**counts, seed=data_seed, size=size)
             own = [s for s in (source.sample(split, i) for i in range(images * 3)) if s.task == "generation"][:images]
             shuffled = [_with_prompt_of(s, own[(i + 1) % len(own)]) for i, s in enumerate(own)]
-        n, width = model.output_space.num_tokens, int(round(math.sqrt(model.output_space.num_tokens)))
+        n, width = model.write_space.num_tokens, int(round(math.sqrt(model.write_space.num_tokens)))
         losses = {}
         for name, samples in (("own", own), ("shuffled", shuffled)):
             per_token = torch.cat([model(model.processor(samples[k:k + 25]))["image_loss"].view(-1, n)

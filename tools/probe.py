@@ -1,6 +1,6 @@
-"""Adapter analysis (PAPER.md §5): does the understanding projector's output already encode an attribute?
+"""Adapter analysis (PAPER.md §5): does the read projector's output already encode an attribute?
 
-Fresh test watches go through the run's input space and understanding projector; the first visual
+Fresh test watches go through the run's read space and read projector; the first visual
 token (as the paper) and the mean over tokens are reduced by PCA-50 and embedded by t-SNE, coloured by
 the attribute, and a linear probe (logistic regression, Adam, 50 epochs, 80/20 split) measures how
 linearly readable the attribute is. The paper's probe reached 100 % even for understanding-only
@@ -144,8 +144,8 @@ def find_checkpoint(run: str | Path) -> Path:
 
 
 def _watch_source(run: Path, model: Any) -> tuple[int, int]:
-    """(seed, image size) of the run's smart-watch data, or (0, the input space's size)."""
-    size = max(32, int(getattr(model.input_space, "image_size", 64) or 64))
+    """(seed, image size) of the run's smart-watch data, or (0, the read space's size)."""
+    size = max(32, int(getattr(model.read_space, "image_size", 64) or 64))
     config = run / "config.yaml" if run.is_dir() else run.parent.parent / "config.yaml"
     if config.is_file():
         data = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("init_args") or {}
@@ -158,13 +158,13 @@ def _watch_source(run: Path, model: Any) -> tuple[int, int]:
 
 @torch.no_grad()
 def projector_features(model: Any, images: list[Any], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first visual token [n, H], mean over tokens [n, H]) after the understanding projector."""
-    space = model.input_space
+    """(first visual token [n, H], mean over tokens [n, H]) after the read projector."""
+    space = model.read_space
     firsts, means = [], []
     for start in range(0, len(images), batch_size):
         pixels = torch.stack([space.preprocess(im) for im in images[start:start + batch_size]]).to(model.device)
         features, _ = space.encode(pixels)
-        projected = model.und_projector(features).float().cpu()
+        projected = model.read_projector(features).float().cpu()
         firsts.append(projected[:, 0])
         means.append(projected.mean(1))
     return torch.cat(firsts), torch.cat(means)
@@ -219,8 +219,8 @@ def probe(attribute: str, run: str, images: int = 600, out: str = DEFAULT_OUT, e
         raise ValueError(f"probe: attribute {attribute!r} is not a categorical watch attribute; expected one of {allowed}")
     checkpoint = find_checkpoint(run)
     model = UnifiedVLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
-    if model.input_space is None:
-        raise ValueError(f"probe: {checkpoint} has no input space (a generation-only model reads no images)")
+    if model.read_space is None:
+        raise ValueError(f"probe: {checkpoint} has no read space (a generation-only model reads no images)")
     data_seed, size = _watch_source(Path(run), model)
     samples = [watch_sample(data_seed, "test", i, "vqa", size) for i in range(images)]
     values = [s.attrs.get(attribute) for s in samples]
@@ -239,7 +239,7 @@ def probe(attribute: str, run: str, images: int = 600, out: str = DEFAULT_OUT, e
     out_dir.mkdir(parents=True, exist_ok=True)
     accs = ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in result["features"].items())
     fig = _figure(embeddings, labels, result["classes"], attribute,
-                  f"{attribute} after the understanding projector: probe {accs} (chance {result['chance']:.2f})")
+                  f"{attribute} after the read projector: probe {accs} (chance {result['chance']:.2f})")
     figure_path = out_dir / f"probe-{attribute}.png"
     fig.savefig(figure_path, dpi=110)
     from torch.utils.tensorboard import SummaryWriter

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from zoo import _legacy
+
 SKIP_KEYS = {"counts", "chance", "protocol", "images", "samples", "retrieval_chance", "code_chance"}
 CHANCE_OF = {"generation/retrieval_chance": "generation/retrieval_top1", "generation/code_chance": "generation/code_accuracy"}
 UNDERSTANDING_METRIC = "vqa/total"
@@ -62,8 +64,8 @@ def _describe(spec: Any) -> str:
 
 def architecture_of(model: dict[str, Any]) -> tuple[str, str, float | None]:
     """(label with strength, label without it, strength) of a `model:` spec."""
-    args = model.get("init_args") or {}
-    spaces = " -> ".join(_describe(args[k]) for k in ("space", "input_space", "output_space") if args.get(k))
+    args, _ = _legacy.current_arguments(model.get("init_args") or {})  # older runs: input_space, ...
+    spaces = " -> ".join(_describe(args[k]) for k in ("space", "read_space", "write_space") if args.get(k))
     family = f"{_short(model.get('class_path'))}({spaces})"
     if args.get("backbone"):
         family += f" on {_describe(args['backbone'])}"

@@ -2,8 +2,8 @@
 
 Pixel reader (the shipped one):
     python -m tools.train_reader --size 64 --out zoo/assets/readers/reader-64.safetensors
-Feature reader for a continuous output space (reads generated features; build the space from a recipe's
-model spec, e.g. a checkpoint's `output_space`):
+Feature reader for a continuous write space (reads generated features; build the space from a recipe's
+model spec, e.g. a checkpoint's `write_space`):
     python -m tools.train_reader --space-config space.yaml --out runs/readers/siglip-64.safetensors
 where space.yaml is `{class_path: zoo.spaces..., init_args: {...}}` as in `ImageSpace.spec()`.
 Writes the weights (safetensors, config in metadata) and a JSON card with accuracy on fresh test renders.

@@ -1,16 +1,21 @@
-"""Old module paths of zoo, kept importable: the one table of where each moved (issue 15's layout).
+"""Older names of zoo, kept working: the one table of what each is called now.
 
-Until the package was grouped by job (zoo/model, zoo/catalog, zoo/eval), every module sat directly in
-zoo/, and checkpoints (`hyper_parameters._class_path`, nested `class_path` specs), zoo JSONs, recipes and
-users' code name classes by those paths: `zoo.variants.SharedSpaceVLM`, `zoo.backbone.LanguageBackbone`,
-`zoo.callbacks.ThroughputLogger`, ... `install()` (called by `zoo/__init__.py`) puts a finder on
-`sys.meta_path` that answers an import of an old path with the module where the code lives now: the
-very same module object (`zoo.variants is zoo.model.variants`), imported only when the old name is, so
-`import zoo` stays cheap, and `isinstance`, pickling and `mock.patch("zoo.unified.X")` all see one
-module. `current_class_path` rewrites an old dotted name to the new one, for comparing a checkpoint's
-recorded class paths with what a recipe builds now.
+Two renames left names behind that checkpoints, zoo JSONs, recipes and users' code still hold:
 
-New code and files name the new paths; this table only grows (an entry is never reused for a new module).
+* module paths (issue 15 item 6): until the package was grouped by job (zoo/model, zoo/catalog, zoo/eval)
+  every module sat directly in zoo/, and files name classes by those paths (`zoo.variants.SharedSpaceVLM`,
+  `zoo.backbone.LanguageBackbone`, `zoo.callbacks.ThroughputLogger`, ...). `install()` (called by
+  `zoo/__init__.py`) puts a finder on `sys.meta_path` that answers an import of an old path with the module
+  where the code lives now: the very same module object (`zoo.variants is zoo.model.variants`), imported
+  only when the old name is, so `import zoo` stays cheap, and `isinstance`, pickling and
+  `mock.patch("zoo.unified.X")` all see one module. `current_class_path` rewrites an old dotted name.
+* the two directions (issue 15 item 3): a unified model *reads* images and *writes* them; constructor
+  arguments, recipe keys, hyperparameters and state-dict keys once said und/gen and input/output
+  (`input_space`, `und_projector`, `und_projector.0.weight`, `written_feature_norm`). RENAMED_ARGUMENTS and
+  RENAMED_STATE_KEYS map them; zoo/catalog/checkpoint.py applies them where a checkpoint, a recipe or
+  hyperparameters are read (`current_state_dict`, `current_hparams`, `accept_renamed_arguments`).
+
+New code and files use today's names; these tables only grow (an old name is never reused).
 """
 from __future__ import annotations
 
@@ -50,6 +55,43 @@ MOVED_MODULES: dict[str, str] = {
     "zoo.metrics": "zoo.eval.metrics",
     "zoo.validation": "zoo.eval.validation",
 }
+
+
+# constructor argument (recipe key, checkpoint hyperparameter) -> today's name
+RENAMED_ARGUMENTS: dict[str, str] = {
+    "input_space": "read_space",
+    "output_space": "write_space",
+    "und_projector": "read_projector",
+    "gen_projector": "write_projector",
+}
+
+# state-dict key, or the start of one (ending in "."), -> today's
+RENAMED_STATE_KEYS: dict[str, str] = {
+    "input_space.": "read_space.",
+    "output_space.": "write_space.",
+    "und_projector.": "read_projector.",
+    "gen_projector.": "write_projector.",
+    "written_feature_norm": "write_feature_norm",
+}
+
+
+def current_state_key(key: str) -> str:
+    """`und_projector.0.weight` -> `read_projector.0.weight`; keys that were never renamed unchanged."""
+    for old, new in RENAMED_STATE_KEYS.items():
+        if key == old or (old.endswith(".") and key.startswith(old)):
+            return new + key[len(old):]
+    return key
+
+
+def current_arguments(init_args: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(`init_args` with renamed keys under today's names, the old names found); a copy, order kept."""
+    found = [k for k in init_args if k in RENAMED_ARGUMENTS]
+    if not found:
+        return init_args, []
+    clash = [k for k in found if RENAMED_ARGUMENTS[k] in init_args]
+    if clash:
+        raise ValueError(f"both old and new names given: {', '.join(f'{k}/{RENAMED_ARGUMENTS[k]}' for k in clash)}")
+    return {RENAMED_ARGUMENTS.get(k, k): v for k, v in init_args.items()}, found
 
 
 def current_module(name: str) -> str:

@@ -288,7 +288,7 @@ def _read_features(model: FeatureReader, features: torch.Tensor) -> list[dict[st
 
 
 def score_features(records: list[dict[str, Any]], feature_reader: Any) -> dict[str, Any]:
-    """Fidelity of generated continuous features read by a FeatureReader trained on the output space."""
+    """Fidelity of generated continuous features read by a FeatureReader trained on the write space."""
     done = [(i, r) for i, r in enumerate(r for r in records if r.get("task") == "generation")
             if r.get("generated_features") is not None and _is_watch(r)]
     if not done:

@@ -51,7 +51,7 @@ class SmartWatchSource(SampleSource):
     three splits never coincide (see `spec`). `bias` applies to understanding samples of `bias_splits`
     (training only by default, so validation and test still ask about everything). `reader` (a pixel
     AttributeReader's weights) scores decoded generated images; `feature_reader` (a FeatureReader trained on
-    the model's output space) scores generated continuous features; None skips either.
+    the model's write space) scores generated continuous features; None skips either.
     """
 
     def __init__(

@@ -88,7 +88,7 @@ def _shipped_vq(name: str) -> dict[str, Any]:
 
 
 # What each scale reads and writes per space family, its language model, the init args every entry of the
-# scale has, and what a written space adds (a pixel decoder, so written features can be scored as images).
+# scale has, and what a write space adds (a pixel decoder, so written features can be scored as images).
 SPACES = {
     "smoke": {"siglip": siglip("smoke"), "clip": clip("smoke"), "vq": vq("smoke")},
     "tiny": {"siglip": _shipped_siglip("siglip-smartwatch-tiny"), "clip": clip("tiny"),
@@ -96,7 +96,7 @@ SPACES = {
     "study": {"siglip": _shipped_siglip("siglip-smartwatch-tiny-v2"), "vq": _shipped_vq("vq-smartwatch-tiny-v2")},
     "paper": {"siglip": siglip("paper"), "clip": clip("paper"), "vq": vq("paper")},
 }
-WRITTEN = {"study": {"siglip": {"pixel_decoder": "zoo:siglip-smartwatch-tiny-v2-decoder"}}}
+WRITE_ARGS = {"study": {"siglip": {"pixel_decoder": "zoo:siglip-smartwatch-tiny-v2-decoder"}}}
 BACKBONES = {scale: backbone(scale) for scale in SCALES}
 SCALE_ARGS = {"smoke": {}, "tiny": {"lr": 1e-3, "projector_lr": 1e-3},
               "study": {"image_positions": "grid", "lr": 2e-3, "projector_lr": 2e-3}, "paper": {}}
@@ -117,7 +117,7 @@ class Architecture:
 
     variant: Literal["shared", "separate", "misaligned"]
     read: str
-    written: str
+    write: str
     args: dict[str, Any]  # at every scale
     description: str
     smoke: dict[str, Any] | None = None
@@ -144,11 +144,11 @@ ARCHITECTURES: dict[str, Architecture] = {
         "SigLIP read and written, MLP projector, 1 - cosine", smoke={}, paper={},
         tiny={"share_projector": True, "cache_features": True}, study={"share_projector": False, **_SIGLIP_STUDY}),
     "siglip-vq": Architecture(
-        "separate", "siglip", "vq", {"und_projector": "mlp", "gen_projector": "linear", "alpha": 0.2},
+        "separate", "siglip", "vq", {"read_projector": "mlp", "write_projector": "linear", "alpha": 0.2},
         "reads SigLIP features, writes VQ codes (CE)", smoke={}, paper={},
         tiny={"cache_codes": True}, study=_VQ_STUDY),
     "vq-siglip": Architecture(
-        "separate", "vq", "siglip", {"und_projector": "linear", "gen_projector": "mlp", "alpha": 1.0},
+        "separate", "vq", "siglip", {"read_projector": "linear", "write_projector": "mlp", "alpha": 1.0},
         "reads VQ code vectors, writes SigLIP features", smoke={}, paper={},
         tiny={"cache_codes": True}, study=_SIGLIP_STUDY),
     "vq-vq": Architecture(
@@ -160,7 +160,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         "CLIP read and written (LLaVA-1.5's encoder), MLP projector", smoke={}, paper={},
         tiny={"share_projector": True, "cache_features": True}),
     "clip-vq": Architecture(
-        "separate", "clip", "vq", {"und_projector": "mlp", "gen_projector": "linear", "alpha": 0.2},
+        "separate", "clip", "vq", {"read_projector": "mlp", "write_projector": "linear", "alpha": 0.2},
         "reads CLIP features, writes VQ codes", smoke={}, paper={}, tiny={"cache_codes": True}),
     **{f"vq-vq-affine{s}": _affine(s) for s in (0.1, 0.2, 0.3)},
 }
@@ -178,15 +178,15 @@ def spec(name: str, scale: str) -> dict[str, Any]:
         raise KeyError(f"architecture {name!r} has no {scale!r} scale")
     spaces = SPACES[scale]
 
-    def space(family: str, written: bool) -> dict[str, Any]:
+    def space(family: str, write: bool) -> dict[str, Any]:
         out = copy.deepcopy(spaces[family])
-        out["init_args"].update(WRITTEN.get(scale, {}).get(family, {}) if written else {})
+        out["init_args"].update(WRITE_ARGS.get(scale, {}).get(family, {}) if write else {})
         return out
 
     if arch.variant == "separate":
-        slots = {"input_space": space(arch.read, False), "output_space": space(arch.written, True)}
+        slots = {"read_space": space(arch.read, False), "write_space": space(arch.write, True)}
     else:
-        slots = {"space": space(arch.written, True)}
+        slots = {"space": space(arch.write, True)}
     init_args = {"backbone": copy.deepcopy(BACKBONES[scale]), **slots, **arch.args, **extra, **SCALE_ARGS[scale]}
     return {"class_path": _CLASSES[arch.variant], "init_args": copy.deepcopy(init_args)}
 

@@ -8,10 +8,14 @@ Used by `UnifiedVLM` (its `load_state_dict`, `load_matching_weights`, `reloadabl
 from __future__ import annotations
 
 import fnmatch
+import functools
+import inspect
 import logging
 import os
 import pickle
-from collections.abc import Iterable, Mapping
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +27,10 @@ from zoo import _legacy
 from zoo.catalog.hub_files import UnsafeCheckpointError
 
 __all__ = ["ARCHITECTURE_COMPONENTS", "OPTIONAL_STATE_KEYS", "RELOADABLE_ARGS", "RUN_SETTINGS",
-           "CheckpointMismatchError", "StateDictMismatch", "UnsafeCheckpointError", "compare_state_dict",
-           "check_state_dict", "current_hparams", "frozen_state_keys", "load_matching_weights", "prepare_for_saving", "read_checkpoint",
-           "reloadable_prefixes", "setting_differences"]
+           "CheckpointMismatchError", "StateDictMismatch", "UnsafeCheckpointError", "accept_renamed_arguments",
+           "compare_state_dict", "check_state_dict", "current_hparams", "current_state_dict", "frozen_state_keys",
+           "load_matching_weights", "prepare_for_saving", "read_checkpoint", "reloadable_prefixes",
+           "setting_differences"]
 
 # Constructor arguments of UnifiedVLM (and its variants) that change how the model trains, caches or
 # decodes, not which weights it has: a checkpoint may be resumed or tested with other values. Every other
@@ -52,15 +57,15 @@ RUN_SETTINGS = frozenset({
 
 # Constructor arguments that hold components (a backbone or image space spec): a difference inside one is
 # always another architecture.
-ARCHITECTURE_COMPONENTS = frozenset({"backbone", "input_space", "output_space", "space"})
+ARCHITECTURE_COMPONENTS = frozenset({"backbone", "read_space", "write_space", "space"})
 
 # Init args of a component that say where its weights come from: such a component rebuilds its frozen
 # weights from that source, so checkpoints need not carry them.
 RELOADABLE_ARGS = ("pretrained", "checkpoint", "model", "checkpoint_path")
 
-# State keys a checkpoint may lack: written_feature_norm came later; older checkpoints feed back raw
+# State keys a checkpoint may lack: write_feature_norm came later; older checkpoints feed back raw
 # predictions (zoo/model/unified.py explains the buffer).
-OPTIONAL_STATE_KEYS = frozenset({"written_feature_norm"})
+OPTIONAL_STATE_KEYS = frozenset({"write_feature_norm"})
 
 _WILDCARDS = frozenset("*?[")
 
@@ -101,16 +106,80 @@ def read_checkpoint(path: str | os.PathLike, *, lightning: bool = True) -> dict[
     return ckpt
 
 
-# ----------------------------------------------------------------------------- older checkpoints
+# ----------------------------------------------------------------------------- older names
+# What older checkpoints, recipes and code call things (the tables: zoo/_legacy.py), read as today's names.
+# The two directions of a unified model are "read" and "write" (read_space, write_projector, ...); before,
+# they were und/gen and input/output.
+
+
+def current_state_dict(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`state` with the keys of older checkpoints under today's names (`und_projector.0.weight` ->
+    `read_projector.0.weight`, `written_feature_norm` -> `write_feature_norm`); `state` itself when none is old."""
+    if not any(_legacy.current_state_key(k) != k for k in state):
+        return state
+    out: OrderedDict[str, Any] = OrderedDict()
+    for key, value in state.items():
+        new = _legacy.current_state_key(key)
+        if new != key and new in state:
+            raise CheckpointMismatchError(f"state dict holds both {key!r} and its new name {new!r}")
+        out[new] = value
+    metadata = getattr(state, "_metadata", None)  # torch's per-module versions, keyed by module prefix
+    if metadata is not None:
+        out._metadata = type(metadata)((_legacy.current_state_key(f"{k}.")[:-1] if k else k, v)  # type: ignore[attr-defined]
+                                       for k, v in metadata.items())
+    return out
 
 
 def current_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """A checkpoint's `hyper_parameters` (or a spec's init args) in today's names, to compare or rebuild.
+    """A checkpoint's `hyper_parameters` (or a `{"class_path", "init_args"}` spec) in today's names, to
+    compare or rebuild: class paths of modules that moved (`zoo.variants.SharedSpaceVLM`) name their new
+    place, and renamed constructor arguments (`input_space`, `und_projector`, ...) their new names."""
+    out, _ = _legacy.current_arguments(_legacy.current_class_paths(dict(hparams)))
+    if "class_path" in out and isinstance(out.get("init_args"), dict):
+        out["init_args"], _ = _legacy.current_arguments(out["init_args"])
+    return out
 
-    Class paths of modules that moved (`zoo.variants.SharedSpaceVLM`: zoo/_legacy.py) name their new place,
-    so a checkpoint written before the move matches a recipe that names the new one.
+
+def current_checkpoint(path: Any) -> dict[str, Any] | None:
+    """Checkpoint file `path` in today's names (`current_hparams`, `current_state_dict`) when it was written
+    under older ones; None when it holds none (or is no local Lightning checkpoint this can read)."""
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+        return None
+    try:
+        ckpt = read_checkpoint(path)
+    except (ValueError, OSError):
+        return None  # Lightning reads it (or reports it) itself
+    hparams = ckpt.get("hyper_parameters")
+    current = current_hparams(hparams) if isinstance(hparams, Mapping) else hparams
+    state = current_state_dict(ckpt["state_dict"])
+    if current == hparams and state is ckpt["state_dict"]:
+        return None
+    return {**ckpt, "hyper_parameters": current, "state_dict": state}
+
+
+def accept_renamed_arguments(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` (a constructor) that also takes the old names of its renamed arguments, with a FutureWarning.
+
+    Only names it has today are mapped (`input_space` where it takes `read_space`); passing both is a TypeError.
     """
-    return _legacy.current_class_paths(dict(hparams))
+    params = inspect.signature(function).parameters
+    renames = {old: new for old, new in _legacy.RENAMED_ARGUMENTS.items() if old not in params and new in params}
+    if not renames:
+        return function
+    where = function.__qualname__.removesuffix(".__init__")
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for old, new in renames.items():
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(f"{where}: got both {old!r} and its new name {new!r}")
+                warnings.warn(f"{where}: argument {old!r} is now called {new!r} (a model reads and writes images: "
+                              f"read_*/write_*); the old name still works but will go", FutureWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+        return function(*args, **kwargs)
+
+    return wrapper
 
 
 # ----------------------------------------------------------------------------- checking
@@ -196,7 +265,7 @@ def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> dict[str
         raise FileNotFoundError(f"init_from: checkpoint {str(path)!r} not found")
     # A Lightning checkpoint or a bare state dict: both are accepted as a starting point.
     state = read_checkpoint(path, lightning=False)
-    state = state["state_dict"] if isinstance(state.get("state_dict"), dict) else state
+    state = current_state_dict(state["state_dict"] if isinstance(state.get("state_dict"), dict) else state)
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and hasattr(v, "shape") and own[k].shape == v.shape}
     if not matched:
@@ -211,7 +280,7 @@ def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> dict[str
 # ----------------------------------------------------------------------------- frozen weights
 
 
-def reloadable_prefixes(model: nn.Module, components: Iterable[str] = ("backbone", "input_space", "output_space")) -> list[str]:
+def reloadable_prefixes(model: nn.Module, components: Iterable[str] = ("backbone", "read_space", "write_space")) -> list[str]:
     """State-dict prefixes of `model`'s components that rebuild their weights from a source (hub id, path)."""
     prefixes = []
     for name in components:

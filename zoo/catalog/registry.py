@@ -191,7 +191,9 @@ def load_pretrained(model: nn.Module, entry: ZooEntry, *, offline: bool | None =
     state = hub.load_state_dict_file(path)
     if entry.state_prefix:
         state = {entry.state_prefix + key: value for key, value in state.items()}
-    from zoo.catalog.checkpoint import check_state_dict
+    from zoo.catalog.checkpoint import check_state_dict, current_state_dict
+
+    state = current_state_dict(state)  # weights published before a rename load under today's key names
 
     # Keys the model itself declares as coming from elsewhere (frozen upstream towers; exact keys or globs)
     # may be absent, and any key where the entry says its weights are partial. Raises CheckpointMismatchError.

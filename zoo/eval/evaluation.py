@@ -53,7 +53,7 @@ def evaluate_samples(model, samples: list[Sample], config: GenerationConfig) -> 
             question = next(t["content"] for t in sample.turns if t["role"] == "user")
             records.append({"task": sample.task, "question": question.replace(IMAGE_MARKER, "").strip(),
                             "ground_truth": reference, "answer": text, "attrs": _plain(sample.attrs), **_item(sample)})
-    generation = [s for s in samples if s.task == "generation"] if model.output_space is not None else []
+    generation = [s for s in samples if s.task == "generation"] if model.write_space is not None else []
     if generation:
         batch = _to_device(_image_prompt(model, generation), model.device)
         unconditional = None
@@ -61,7 +61,7 @@ def evaluate_samples(model, samples: list[Sample], config: GenerationConfig) -> 
             nulls = [replace(s, turns=[unconditional_turn(s.turns[0]), *s.turns[1:]]) for s in generation]
             unconditional = _to_device(_image_prompt(model, nulls), model.device)
         written = generate_images(model, batch, config, unconditional)
-        space = model.output_space
+        space = model.write_space
         pixels = torch.stack([space.preprocess(s.images[-1]) for s in generation]).to(model.device)
         target_features, target_codes = space.encode(pixels)
         for i, sample in enumerate(generation):
@@ -83,7 +83,7 @@ def generation_metrics(model, records: list[dict[str, Any]]) -> dict[str, Any]:
     done = [r for r in records if r["task"] == "generation" and r.get("tokens") is not None]
     if not done:
         return {}
-    space = model.output_space
+    space = model.write_space
     generated = torch.stack([r["generated_features"] for r in done])
     target = torch.stack([r["target_features"] for r in done])
     metrics: dict[str, Any] = {
@@ -140,7 +140,7 @@ def decode_generated(model, records: list[dict[str, Any]]) -> list[Any]:
     pixels = decode_images(model, [t.to(model.device) for t in tokens]) if tokens else None
     if pixels is None:
         return [None] * len(done)
-    images, it = [], iter(model.output_space.postprocess(pixels.clamp(-10, 10)))
+    images, it = [], iter(model.write_space.postprocess(pixels.clamp(-10, 10)))
     for r in done:
         images.append(next(it) if r.get("tokens") is not None else None)
     return images

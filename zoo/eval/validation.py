@@ -58,7 +58,7 @@ class ValidationScores(L.Callback):
         records = []
         for start in range(0, len(samples), self.batch_size):
             records += evaluate_samples(pl_module, samples[start:start + self.batch_size], config)
-        images = decode_generated(pl_module, records) if pl_module.output_space is not None else []
+        images = decode_generated(pl_module, records) if pl_module.write_space is not None else []
         metrics: dict[str, Any] = {}
         scorer = getattr(trainer.datamodule, "score_records", None)
         if callable(scorer):

@@ -69,7 +69,7 @@ class EvalWriter(L.Callback):
         if gathered is None:  # not rank 0
             return None
         records, truths = gathered
-        space = pl_module.output_space
+        space = pl_module.write_space
         images = decode_generated(pl_module, records) if space is not None else []
         retrieved = retrieved_images(records, truths) if space is not None and not space.discrete else None
         return out_dir, records, truths, images, retrieved

@@ -166,7 +166,7 @@ class CodeCache:
 
 def cache_for(spaces: Iterable[ImageSpace | None], codes: bool, features: bool) -> CodeCache | None:
     """The cache of a model's `cache_codes`/`cache_features` flags: one for the first frozen space of the
-    wanted kind among `spaces` (a model lists its output side first: it is always encoded); None when
+    wanted kind among `spaces` (a model lists its write side first: it is always encoded); None when
     neither flag is set.
 
     `codes` caches VQ codes only; `features` caches any frozen space, as codes where the space is discrete

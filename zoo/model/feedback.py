@@ -3,7 +3,7 @@
 In training (teacher forcing) the true tokens are fed back, optionally made imperfect: `noisy` and
 `corrupt_codes`/`corrupt_features` (UnifiedVLM's `feedback_noise`, `feedback_corruption`). In generation
 the model's own tokens are fed back: `pick_codes` chooses a code from logits, `at_norm` rescales a
-predicted feature. `UnifiedVLM.encode_written_images` and `choose_image_token` call these; the targets
+predicted feature. `UnifiedVLM.encode_write` and `choose_image_token` call these; the targets
 of the loss always stay the true tokens.
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ def at_norm(prediction: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
     1 - cosine fixes only a prediction's direction; its norm drifts (tiny SigLIP: predictions ~12.7 long,
     features ~27). Fed back as is, the projector sees inputs it never saw in teacher forcing and generation
     derails (generated cosine 0.15; rescaled 0.24, same model). So generation feeds back the direction at
-    the running mean norm of the written features (UnifiedVLM's `written_feature_norm`; 0 = unknown:
+    the running mean norm of the written features (UnifiedVLM's `write_feature_norm`; 0 = unknown:
     older checkpoints feed back the raw prediction).
     """
     rescaled = F.normalize(prediction, dim=-1) * norm.to(prediction.dtype)

@@ -2,7 +2,7 @@
 
 Every sample in a batch runs its own little state machine, vectorised across the batch:
 text mode (sample a token; `<boi>` switches to image mode) -> image mode (N steps: the head's
-prediction, its embedding fed back through the generation projector) -> `<eoi>` forced -> text mode.
+prediction, its embedding fed back through the write projector) -> `<eoi>` forced -> text mode.
 The paper's reference path (recompute the whole sequence at every step, no cache) is kept behind
 `use_cache=False`; both paths give the same outputs within float tolerance.
 """
@@ -77,7 +77,7 @@ def generate(
     embeds = model.embed_inputs(batch)
     mask = batch["attention_mask"].clone()
     batch_size, device = embeds.shape[0], embeds.device
-    n_image = model.output_space.num_tokens if model.output_space is not None else 0
+    n_image = model.write_space.num_tokens if model.write_space is not None else 0
 
     cache = backbone.new_cache() if cfg.use_cache else None
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -160,7 +160,7 @@ def generate(
 @torch.no_grad()
 def decode_images(model: UnifiedVLM, tokens: list[torch.Tensor]) -> torch.Tensor | None:
     """Generated VQ codes [N] (one tensor per image) -> pixels [n, 3, H, W]; None where the space cannot decode."""
-    space = model.output_space
+    space = model.write_space
     if space is None or not tokens or not space.can_decode:
         return None
     stacked = torch.stack(tokens)
@@ -177,7 +177,7 @@ def generate_images(model: UnifiedVLM, batch: dict[str, Any], config: Generation
     or on continuous features (LlamaGen / MAR guide logits the same way). Both prompts keep their own KV cache.
     """
     cfg = config or GenerationConfig()
-    backbone, n_image = model.backbone, model.output_space.num_tokens
+    backbone, n_image = model.backbone, model.write_space.num_tokens
     guided = unconditional is not None and cfg.guidance_scale != 1.0
     generator = torch.Generator(device=batch["input_ids"].device).manual_seed(cfg.seed) if cfg.seed is not None else None
     streams = []

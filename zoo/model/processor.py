@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
+from zoo.catalog.checkpoint import accept_renamed_arguments
 from zoo.model.code_cache import CodeCache
 from zoo.model.objectives import IGNORE_INDEX
 from zoo.model.tokenizer import tokenize_conversation
@@ -26,19 +27,22 @@ UNCONDITIONAL_PROMPT = "generate an image."
 class UnifiedProcessor:
     """The collate function of training (`__call__`) and the prompt builder of inference (`prompt`).
 
-    Each ``<image>`` a user turn reads becomes ``input_space.num_tokens`` image-token positions; each
-    ``<image>`` an assistant turn writes becomes ``<boi>`` + ``output_space.num_tokens`` x
+    Each ``<image>`` a user turn reads becomes ``read_space.num_tokens`` image-token positions; each
+    ``<image>`` an assistant turn writes becomes ``<boi>`` + ``write_space.num_tokens`` x
     ``<image_out>`` + ``<eoi>``. Labels are the assistant tokens of the chat template's mask (incl. EOS,
     ``<boi>`` and ``<eoi>``; with `train_on_inputs` every text token) and -100 elsewhere, image positions included. Images go out as pixels
-    (``space.preprocess``) or, for the side whose space is ``code_cache.space``, as cached codes.
+    (``space.preprocess``) or, for the side whose space is ``code_cache.space``, as cached codes: the batch
+    keys are ``read_pixels``/``read_codes``/``read_features`` and ``write_pixels``/``write_codes``/``write_features``.
+    ``token_ids`` keeps the tokenizer's names ("image" reads, "image_out" writes; zoo/model/unified.py says why).
     """
 
+    @accept_renamed_arguments  # input_space/output_space: older names of read_space/write_space
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
         token_ids: dict[str, int],
-        input_space: ImageSpace | None = None,
-        output_space: ImageSpace | None = None,
+        read_space: ImageSpace | None = None,
+        write_space: ImageSpace | None = None,
         max_length: int = 2048,
         code_cache: CodeCache | None = None,
         condition_dropout: float = 0.0,
@@ -47,14 +51,14 @@ class UnifiedProcessor:
         missing = {"image", "boi", "image_out", "eoi", "pad"} - set(token_ids)
         if missing:
             raise ValueError(f"UnifiedProcessor: token_ids lacks {sorted(missing)}")
-        if code_cache is not None and code_cache.space is not input_space and code_cache.space is not output_space:
-            raise ValueError("UnifiedProcessor: code_cache.space is neither the input nor the output space")
+        if code_cache is not None and code_cache.space is not read_space and code_cache.space is not write_space:
+            raise ValueError("UnifiedProcessor: code_cache.space is neither the read nor the write space")
         if max_length < 1:
             raise ValueError(f"UnifiedProcessor: max_length must be >= 1, got {max_length}")
         self.tokenizer = tokenizer
         self.token_ids = dict(token_ids)
-        self.input_space = input_space
-        self.output_space = output_space
+        self.read_space = read_space
+        self.write_space = write_space
         self.max_length = max_length
         self.code_cache = code_cache
         self.condition_dropout = condition_dropout
@@ -64,17 +68,18 @@ class UnifiedProcessor:
         self.train_on_inputs = train_on_inputs
 
     @classmethod
+    @accept_renamed_arguments
     def from_backbone(
         cls,
         backbone: LanguageBackbone,
-        input_space: ImageSpace | None = None,
-        output_space: ImageSpace | None = None,
+        read_space: ImageSpace | None = None,
+        write_space: ImageSpace | None = None,
         max_length: int | None = None,
         code_cache: CodeCache | None = None,
     ) -> UnifiedProcessor:
         """A processor with the backbone's tokenizer and token ids; `max_length` defaults to its context."""
         length = max_length or backbone.max_positions or 2048
-        return cls(backbone.tokenizer, backbone.token_ids, input_space, output_space, length, code_cache)
+        return cls(backbone.tokenizer, backbone.token_ids, read_space, write_space, length, code_cache)
 
     # --- public -----------------------------------------------------------------------------------------
 
@@ -130,11 +135,11 @@ class UnifiedProcessor:
     ) -> tuple[torch.Tensor, torch.Tensor, list[Image.Image], list[str], list[Image.Image], list[str]]:
         """(input_ids [T], labels [T], read images, their keys, written images, their keys) of one sample."""
         sample.validate(where)
-        read_imgs, read_keys, written_imgs, written_keys = self._split_images(sample, turns, where)
-        if read_imgs and self.input_space is None:
-            raise ValueError(f"{where}: reads {len(read_imgs)} image(s) but the processor has no input space")
-        if written_imgs and self.output_space is None:
-            raise ValueError(f"{where}: writes {len(written_imgs)} image(s) but the processor has no output space")
+        read_imgs, read_keys, write_imgs, write_keys = self._split_images(sample, turns, where)
+        if read_imgs and self.read_space is None:
+            raise ValueError(f"{where}: reads {len(read_imgs)} image(s) but the processor has no read space")
+        if write_imgs and self.write_space is None:
+            raise ValueError(f"{where}: writes {len(write_imgs)} image(s) but the processor has no write space")
 
         ids_list, mask_list = tokenize_conversation(self.tokenizer, turns, add_generation_prompt)
         ids = torch.tensor(ids_list, dtype=torch.long)
@@ -142,14 +147,14 @@ class UnifiedProcessor:
         t = self.token_ids
         is_image = ids == t["image"]
         read, written = is_image & ~mask, is_image & mask
-        if int(read.sum()) != len(read_imgs) or int(written.sum()) != len(written_imgs):
+        if int(read.sum()) != len(read_imgs) or int(written.sum()) != len(write_imgs):
             raise ValueError(
                 f"{where}: the template gave {int(read.sum())} read / {int(written.sum())} written {IMAGE_MARKER} "
-                f"tokens for {len(read_imgs)} / {len(written_imgs)} markers (is {IMAGE_MARKER} a single token?)"
+                f"tokens for {len(read_imgs)} / {len(write_imgs)} markers (is {IMAGE_MARKER} a single token?)"
             )
 
-        n_in = self.input_space.num_tokens if self.input_space is not None else 0
-        n_out = self.output_space.num_tokens if self.output_space is not None else 0
+        n_in = self.read_space.num_tokens if self.read_space is not None else 0
+        n_out = self.write_space.num_tokens if self.write_space is not None else 0
         repeats = torch.ones_like(ids)
         repeats[read] = n_in
         repeats[written] = n_out + 2
@@ -165,7 +170,7 @@ class UnifiedProcessor:
             ids[block[:, -1]] = labels[block[:, -1]] = t["eoi"]
         if ids.numel() > self.max_length:
             raise ValueError(f"{where}: {ids.numel()} tokens after image expansion > max_length {self.max_length}")
-        return ids, labels, read_imgs, read_keys, written_imgs, written_keys
+        return ids, labels, read_imgs, read_keys, write_imgs, write_keys
 
     @staticmethod
     def _split_images(
@@ -174,7 +179,7 @@ class UnifiedProcessor:
         """The images of `turns` split into read (user) and written (assistant), in marker order."""
         if sample.image_keys and len(sample.image_keys) != len(sample.images):
             raise ValueError(f"{where}: {len(sample.image_keys)} image_keys for {len(sample.images)} images")
-        read_imgs, read_keys, written_imgs, written_keys = [], [], [], []
+        read_imgs, read_keys, write_imgs, write_keys = [], [], [], []
         k = 0
         for turn in turns:
             for _ in range(turn["content"].count(IMAGE_MARKER)):
@@ -184,10 +189,10 @@ class UnifiedProcessor:
                     read_imgs.append(image)
                     read_keys.append(key)
                 else:
-                    written_imgs.append(image)
-                    written_keys.append(key)
+                    write_imgs.append(image)
+                    write_keys.append(key)
                 k += 1
-        return read_imgs, read_keys, written_imgs, written_keys
+        return read_imgs, read_keys, write_imgs, write_keys
 
     # --- batch --------------------------------------------------------------------------------------------
 
@@ -202,14 +207,14 @@ class UnifiedProcessor:
         return {"input_ids": out_ids, "attention_mask": attention, "labels": out_labels}
 
     def _images(self, rows: list[tuple]) -> dict[str, torch.Tensor | None]:
-        und_imgs = [im for r in rows for im in r[2]]
-        und_keys = [k for r in rows for k in r[3]]
-        gen_imgs = [im for r in rows for im in r[4]]
-        gen_keys = [k for r in rows for k in r[5]]
-        und_pixels, und_cached = self._side(self.input_space, und_imgs, und_keys)
-        gen_pixels, gen_cached = self._side(self.output_space, gen_imgs, gen_keys)
-        out = {"und_pixels": und_pixels, "gen_pixels": gen_pixels}
-        for side, space, cached in (("und", self.input_space, und_cached), ("gen", self.output_space, gen_cached)):
+        read_imgs = [im for r in rows for im in r[2]]
+        read_keys = [k for r in rows for k in r[3]]
+        write_imgs = [im for r in rows for im in r[4]]
+        write_keys = [k for r in rows for k in r[5]]
+        read_pixels, read_cached = self._side(self.read_space, read_imgs, read_keys)
+        write_pixels, write_cached = self._side(self.write_space, write_imgs, write_keys)
+        out = {"read_pixels": read_pixels, "write_pixels": write_pixels}
+        for side, space, cached in (("read", self.read_space, read_cached), ("write", self.write_space, write_cached)):
             discrete = space is not None and space.discrete
             out[f"{side}_codes"] = cached if discrete else None
             out[f"{side}_features"] = None if discrete else cached  # a continuous space's cached features

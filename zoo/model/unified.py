@@ -1,6 +1,27 @@
-"""UnifiedVLM: one causal LM that reads images through an input space and writes them in an output space."""
+"""UnifiedVLM: one causal LM that reads images through a read space and writes them in a write space.
+
+The two directions are called *read* and *write* everywhere: constructor arguments and recipe keys
+(`read_space`, `write_space`, `read_projector`, `write_projector`), attributes and state-dict keys
+(`read_projector.*`, `write_projector.*`, `read_positions`, `write_positions`, `write_feature_norm`),
+batch keys (`read_pixels`/`read_codes`/`read_features`, `write_*`) and hooks (`encode_read`,
+`encode_write`); prose says "read" and "written" images. Older names (und/gen, input/output:
+`input_space`, `und_projector`, `encode_read_images`, ...) still work with a FutureWarning, and older
+checkpoints load: zoo/_legacy.py has the table, zoo/catalog/checkpoint.py applies it.
+
+Not directions, so not renamed: the *tasks* "understanding" (vqa, caption) and "generation" are the
+study's task names (zoo.sample.TASKS, `mix: understanding|generation|mixed`); a generation sample is one
+whose assistant turn writes an image. And the tokenizer's image tokens keep their names, as do the
+`token_ids` keys that name them: `<image>` ("image", a read-image position; also the marker of every image
+in a conversation), `<boi>`/`<eoi>` around a written image, and `<image_out>` ("image_out", a write
+position), because the shipped tokenizer (zoo/assets/tokenizers/smartwatch) and every checkpoint's
+embedding rows are laid out by them.
+"""
 from __future__ import annotations
 
+import importlib
+import io
+import os
+import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -28,7 +49,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
 
     Components are injected (LightningCLI `class_path`/`init_args`, or specs when rebuilt from a
     checkpoint). Subclass hooks, in the order a training step calls them:
-    `encode_read_images` (understanding input), `encode_written_images` (teacher forcing + targets),
+    `encode_read` (understanding input), `encode_write` (teacher forcing + targets),
     `image_loss` (generation objective), and at inference `next_image_token` -> `choose_image_token` ->
     `feedback`. `loss` combines `forward`'s per-token losses into the training objective. What
     `unizoo test|predict` write is zoo.eval.writer.EvalWriter's job (attached by `configure_callbacks`).
@@ -39,13 +60,23 @@ class UnifiedVLM(Configurable, L.LightningModule):
     # The list and why it is explicit: zoo/catalog/checkpoint.py. A subclass with settings of its own extends it.
     RUN_SETTINGS = zoo_checkpoint.RUN_SETTINGS
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)  # Configurable: records the constructor's arguments
+        if "__init__" in cls.__dict__:  # older names of renamed arguments, mapped before they are recorded
+            cls.__init__ = zoo_checkpoint.accept_renamed_arguments(cls.__init__)  # type: ignore[method-assign]
+        for old, new in _RENAMED_HOOKS.items():  # a subclass written against the hooks' older names
+            if old in cls.__dict__ and new not in cls.__dict__:
+                warnings.warn(f"{cls.__qualname__}.{old} overrides the hook now called {new}; rename it",
+                              FutureWarning, stacklevel=2)
+                setattr(cls, new, cls.__dict__[old])
+
     def __init__(
         self,
         backbone: LanguageBackbone,
-        input_space: ImageSpace | None = None,
-        output_space: ImageSpace | None = None,
-        und_projector: ProjectorKind = "mlp",
-        gen_projector: ProjectorKind = "mlp",
+        read_space: ImageSpace | None = None,
+        write_space: ImageSpace | None = None,
+        read_projector: ProjectorKind = "mlp",
+        write_projector: ProjectorKind = "mlp",
         share_projector: bool = False,
         image_loss: ImageLossKind | None = None,
         alpha: float = 1.0,
@@ -76,35 +107,35 @@ class UnifiedVLM(Configurable, L.LightningModule):
             {"_class_path": spec["class_path"], "_instantiator": "lightning.pytorch.cli.instantiate_module", **spec["init_args"]}
         )
         self.backbone = build(backbone)
-        self.input_space = build(input_space)
-        self.output_space = build(output_space)
+        self.read_space = build(read_space)
+        self.write_space = build(write_space)
         hidden = self.backbone.hidden_size
-        if self.input_space is not None:
-            self.und_projector = make_projector(und_projector, self.input_space.dim, hidden)
-        if self.output_space is not None:
-            out = self.output_space
+        if self.read_space is not None:
+            self.read_projector = make_projector(read_projector, self.read_space.dim, hidden)
+        if self.write_space is not None:
+            out = self.write_space
             if share_projector:
-                if self.input_space is None or self.input_space.dim != out.dim:
-                    raise ValueError("share_projector needs an input space of the output space's width")
-                self.gen_projector = self.und_projector  # the paper's SigLIP-SigLIP: one projector both ways
+                if self.read_space is None or self.read_space.dim != out.dim:
+                    raise ValueError("share_projector needs a read space of the write space's width")
+                self.write_projector = self.read_projector  # the paper's SigLIP-SigLIP: one projector both ways
             else:
-                self.gen_projector = make_projector(gen_projector, out.dim, hidden)
+                self.write_projector = make_projector(write_projector, out.dim, hidden)
             self.head = make_head(hidden, out.codebook_size if out.discrete else out.dim)
             self.image_loss_kind: ImageLossKind = image_loss or ("ce" if out.discrete else "cosine")
             if out.discrete != (self.image_loss_kind == "ce"):
-                raise ValueError(f"image_loss {self.image_loss_kind!r} does not fit a {'discrete' if out.discrete else 'continuous'} output space")
+                raise ValueError(f"image_loss {self.image_loss_kind!r} does not fit a {'discrete' if out.discrete else 'continuous'} write space")
             if self.image_loss_kind == "cosine":
                 # 1 - cosine leaves the predictions' norm free: generation feeds back their direction at
                 # the running mean norm of the written features, kept here (zoo.model.feedback.at_norm says why).
-                self.register_buffer("written_feature_norm", torch.zeros(()))
+                self.register_buffer("write_feature_norm", torch.zeros(()))
         self.alpha = alpha
         if image_positions not in ("none", "grid"):
             raise ValueError(f"image_positions must be 'none' or 'grid', got {image_positions!r}")
         if image_positions == "grid":  # the 2-D place of read and written image tokens (zoo.model.adapters)
-            if self.input_space is not None:
-                self.read_positions = GridPositionEmbedding(self.input_space.num_tokens, hidden)
-            if self.output_space is not None:
-                self.write_positions = GridPositionEmbedding(self.output_space.num_tokens, hidden)
+            if self.read_space is not None:
+                self.read_positions = GridPositionEmbedding(self.read_space.num_tokens, hidden)
+            if self.write_space is not None:
+                self.write_positions = GridPositionEmbedding(self.write_space.num_tokens, hidden)
         if feedback_noise < 0 or not 0 <= condition_dropout < 1 or not 0 <= feedback_corruption < 1:
             raise ValueError(f"feedback_noise must be >= 0, feedback_corruption and condition_dropout in [0, 1), got "
                              f"{feedback_noise}, {feedback_corruption}, {condition_dropout}")
@@ -126,10 +157,10 @@ class UnifiedVLM(Configurable, L.LightningModule):
         self.processor = UnifiedProcessor(
             tokenizer=self.backbone.tokenizer,
             token_ids=self.backbone.token_ids,
-            input_space=self.input_space,
-            output_space=self.output_space,
+            read_space=self.read_space,
+            write_space=self.write_space,
             max_length=self.max_length,
-            code_cache=cache_for((self.output_space, self.input_space), cache_codes, cache_features),
+            code_cache=cache_for((self.write_space, self.read_space), cache_codes, cache_features),
             condition_dropout=condition_dropout,
             train_on_inputs=train_on_inputs,
         )
@@ -142,7 +173,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
         write_pos = ids == self.backbone.token_ids["image_out"]
         targets = None
         if write_pos.any():
-            teacher, targets = self.encode_written_images(batch)
+            teacher, targets = self.encode_write(batch)
             embeds = embeds.masked_scatter(write_pos.unsqueeze(-1), teacher.to(embeds.dtype))
         hidden, _ = self.backbone.hidden_states(embeds, batch["attention_mask"])
         # Position t predicts token t+1: text logits only where a label is set (never on image positions).
@@ -154,7 +185,7 @@ class UnifiedVLM(Configurable, L.LightningModule):
             "text_sample": sample_of[text_sel],
         }
         if targets is not None:
-            self._track_written_norm(targets)
+            self._track_write_norm(targets)
             image_sel = write_pos[:, 1:]  # the position before each written image token
             out["image_loss"] = self.image_loss(self.head(hidden[image_sel]), targets)
             out["image_sample"] = sample_of[image_sel]
@@ -166,50 +197,50 @@ class UnifiedVLM(Configurable, L.LightningModule):
         embeds = self.backbone.embed_tokens(ids)
         read_pos = ids == self.backbone.token_ids["image"]
         if read_pos.any():
-            embeds = embeds.masked_scatter(read_pos.unsqueeze(-1), self.encode_read_images(batch).to(embeds.dtype))
+            embeds = embeds.masked_scatter(read_pos.unsqueeze(-1), self.encode_read(batch).to(embeds.dtype))
         return embeds
 
     @torch.no_grad()
-    def _track_written_norm(self, targets: torch.Tensor) -> None:
+    def _track_write_norm(self, targets: torch.Tensor) -> None:
         """Running mean (EMA 0.99) of the written features' norm, during training only."""
-        norm = getattr(self, "written_feature_norm", None)
+        norm = getattr(self, "write_feature_norm", None)
         if norm is None or not self.training:
             return
         batch_norm = targets.float().norm(dim=-1).mean()
         norm.copy_(torch.where(norm > 0, 0.99 * norm + 0.01 * batch_norm, batch_norm))
 
     # ----------------------------------------------------------------------------- hooks
-    def encode_read_images(self, batch: dict[str, Any]) -> torch.Tensor:
+    def encode_read(self, batch: dict[str, Any]) -> torch.Tensor:
         """Embeddings [n_images * N_in, H] for every read-image position, in batch order."""
-        space = self.input_space
-        if batch.get("und_features") is not None:  # cached by the processor (frozen continuous space)
-            features = batch["und_features"]
-        elif batch.get("und_codes") is not None:
-            features = space.embed_codes(batch["und_codes"])
+        space = self.read_space
+        if batch.get("read_features") is not None:  # cached by the processor (frozen continuous space)
+            features = batch["read_features"]
+        elif batch.get("read_codes") is not None:
+            features = space.embed_codes(batch["read_codes"])
         else:
-            features, _ = space.encode(batch["und_pixels"])
-        embeds = self.und_projector(features)
+            features, _ = space.encode(batch["read_pixels"])
+        embeds = self.read_projector(features)
         if hasattr(self, "read_positions"):
             embeds = self.read_positions(embeds)
         return embeds.flatten(0, 1)
 
-    def encode_written_images(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_write(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(teacher-forcing embeddings [M, H], targets [M, D] features or [M] codes) for written images."""
-        space = self.output_space
-        if batch.get("gen_codes") is not None:  # cached codes: the discrete branch below embeds them once
-            features, codes = None, batch["gen_codes"]
-        elif batch.get("gen_features") is not None:  # cached by the processor (frozen continuous space)
-            features, codes = batch["gen_features"], None
+        space = self.write_space
+        if batch.get("write_codes") is not None:  # cached codes: the discrete branch below embeds them once
+            features, codes = None, batch["write_codes"]
+        elif batch.get("write_features") is not None:  # cached by the processor (frozen continuous space)
+            features, codes = batch["write_features"], None
         else:
-            features, codes = space.encode(batch["gen_pixels"])
+            features, codes = space.encode(batch["write_pixels"])
         corrupt = self.training and self.feedback_corruption > 0
         if space.discrete:
             fed_codes = corrupt_codes(codes, self.feedback_corruption, space.codebook_size) if corrupt else codes
-            return self._place(self.gen_projector(space.embed_codes(fed_codes))).flatten(0, 1), codes.flatten()
+            return self._place(self.write_projector(space.embed_codes(fed_codes))).flatten(0, 1), codes.flatten()
         fed = noisy(features, self.feedback_noise) if self.training and self.feedback_noise > 0 else features
         if corrupt:
             fed = corrupt_features(fed, features, self.feedback_corruption)
-        return self._place(self.gen_projector(fed)).flatten(0, 1), features.flatten(0, 1).detach()
+        return self._place(self.write_projector(fed)).flatten(0, 1), features.flatten(0, 1).detach()
 
     def _place(self, embeds: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """Add the written tokens' 2-D place where the model has one (`image_positions: grid`)."""
@@ -232,23 +263,33 @@ class UnifiedVLM(Configurable, L.LightningModule):
                            index: torch.Tensor | None = None, top_k: int = 0,
                            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Head outputs [B, K] logits or [B, D] features -> (token, fed-back embedding [B, H]); see `feedback`."""
-        if self.output_space.discrete:
+        if self.write_space.discrete:
             token = pick_codes(prediction, temperature if sample else 0.0, top_k, generator)
         else:  # at the written features' norm where the model tracks one (cosine loss; 0: the raw prediction)
-            norm = getattr(self, "written_feature_norm", None)
+            norm = getattr(self, "write_feature_norm", None)
             token = prediction if norm is None else at_norm(prediction, norm)
         return token, self.feedback(token, index)
 
     def feedback(self, token: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """The LM input [B, H] for a written image token (code [B] or features [B, D]) at token `index` [B]."""
-        space = self.output_space
+        space = self.write_space
         features = space.embed_codes(token.unsqueeze(1)) if space.discrete else token.unsqueeze(1)
-        embeds = self.gen_projector(features).squeeze(1)
+        embeds = self.write_projector(features).squeeze(1)
         if hasattr(self, "write_positions"):
             if index is None:
                 raise ValueError("feedback: this model places written tokens (image_positions: grid); pass index")
             embeds = self._place(embeds, index)
         return embeds
+
+    def encode_read_images(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Deprecated name of `encode_read`."""
+        warnings.warn("encode_read_images is now called encode_read", FutureWarning, stacklevel=2)
+        return self.encode_read(batch)
+
+    def encode_written_images(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deprecated name of `encode_write`."""
+        warnings.warn("encode_written_images is now called encode_write", FutureWarning, stacklevel=2)
+        return self.encode_write(batch)
 
     # ----------------------------------------------------------------------------- training loop
     def loss(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -328,6 +369,26 @@ class UnifiedVLM(Configurable, L.LightningModule):
         return configure_adamw_cosine(self, self.backbone, self.optim_settings, total)
 
     # ----------------------------------------------------------------------------- checkpoints
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> UnifiedVLM:  # type: ignore[override]
+        """Lightning's `load_from_checkpoint`, reading a checkpoint written under older names in today's:
+        moved module paths (`zoo.variants.SharedSpaceVLM`), renamed arguments (`input_space`) and state keys
+        (`und_projector.*`), see zoo/_legacy.py. The zoo class the checkpoint names is imported first."""
+        local = isinstance(checkpoint_path, (str, os.PathLike)) and os.path.isfile(checkpoint_path)
+        current = zoo_checkpoint.current_checkpoint(checkpoint_path) if local else None
+        ckpt = current or (zoo_checkpoint.read_checkpoint(checkpoint_path) if local else {})  # memory-mapped
+        class_path = (ckpt.get("hyper_parameters") or {}).get("_class_path")
+        if isinstance(class_path, str) and class_path.startswith("zoo."):
+            # Lightning rebuilds only classes already imported (a guard against code named by a file); a class
+            # of this package is no such risk, so its module is imported here rather than by every caller.
+            importlib.import_module(class_path.rpartition(".")[0])
+        if current is not None:
+            buffer = io.BytesIO()
+            torch.save(current, buffer)
+            buffer.seek(0)
+            checkpoint_path = buffer
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     # Checkpoint policy lives in zoo/catalog/checkpoint.py; these methods stay because subclasses override them and
     # other code (registry, CLI) calls them on any model.
     def reloadable_prefixes(self) -> list[str]:
@@ -352,13 +413,22 @@ class UnifiedVLM(Configurable, L.LightningModule):
         zoo_checkpoint.prepare_for_saving(self, checkpoint, self.frozen_state_keys())
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
-        """Load, accepting only the frozen reloadable keys as missing; anything else is an error."""
+        """Load, accepting only the frozen reloadable keys as missing; anything else is an error.
+
+        Keys of older checkpoints (`und_projector.*`, `gen_projector.*`, ...) load under today's names."""
+        state_dict = zoo_checkpoint.current_state_dict(state_dict)
         # Shapes are always checked (torch would fail later, less clearly); strict=False waives the key sets.
         zoo_checkpoint.check_state_dict(
             state_dict, self.state_dict(), where=f"checkpoint does not fit {type(self).__name__}",
             allowed_missing=[*self.frozen_state_keys(), *zoo_checkpoint.OPTIONAL_STATE_KEYS],
             missing_ok=not strict, unexpected_ok=not strict)
         return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+
+# Hooks renamed with the read/write vocabulary: older name -> today's (a subclass may override either).
+_RENAMED_HOOKS = {"encode_read_images": "encode_read", "encode_written_images": "encode_write"}
+# UnifiedVLM itself takes the older argument names too (its subclasses get this in __init_subclass__).
+UnifiedVLM.__init__ = zoo_checkpoint.accept_renamed_arguments(UnifiedVLM.__init__)  # type: ignore[method-assign]
 
 
 def trainable_parameter_count(module: nn.Module) -> tuple[int, int]:

@@ -30,10 +30,10 @@ class SharedSpaceVLM(UnifiedVLM):
         space = build(space)
         super().__init__(
             backbone=backbone,
-            input_space=space,
-            output_space=space,
-            und_projector=projector,
-            gen_projector=projector,
+            read_space=space,
+            write_space=space,
+            read_projector=projector,
+            write_projector=projector,
             share_projector=share_projector,
             **kwargs,
         )
@@ -45,18 +45,18 @@ class SeparateSpacesVLM(UnifiedVLM):
     def __init__(
         self,
         backbone: LanguageBackbone,
-        input_space: ImageSpace,
-        output_space: ImageSpace,
-        und_projector: ProjectorKind = "mlp",
-        gen_projector: ProjectorKind = "linear",
+        read_space: ImageSpace,
+        write_space: ImageSpace,
+        read_projector: ProjectorKind = "mlp",
+        write_projector: ProjectorKind = "linear",
         **kwargs: Any,
     ) -> None:
         super().__init__(
             backbone=backbone,
-            input_space=input_space,
-            output_space=output_space,
-            und_projector=und_projector,
-            gen_projector=gen_projector,
+            read_space=read_space,
+            write_space=write_space,
+            read_projector=read_projector,
+            write_projector=write_projector,
             share_projector=False,
             **kwargs,
         )
@@ -78,10 +78,10 @@ class MisalignedVLM(UnifiedVLM):
         space = build(space)
         super().__init__(
             backbone=backbone,
-            input_space=AffineSpace(space, strength=strength, seed=affine_seed),
-            output_space=space,
-            und_projector=projector,
-            gen_projector=projector,
+            read_space=AffineSpace(space, strength=strength, seed=affine_seed),
+            write_space=space,
+            read_projector=projector,
+            write_projector=projector,
             share_projector=share_projector,
             **kwargs,
         )
