@@ -281,3 +281,15 @@ def test_old_recipe_keys_and_command_line_names_parse(tmp_path, capsys, monkeypa
     model = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
     assert model["write_projector"] == "mlp" and model["read_space"]["init_args"]["pretrained"] == "zoo:siglip-smartwatch-tiny"
     assert not set(RENAMED_ARGUMENTS) & set(model)
+
+
+def test_a_run_resumed_across_the_renames_keeps_its_config():
+    from tools.lightning_cli import _in_current_names
+
+    new = {"model": {"class_path": "zoo.model.variants.SeparateSpacesVLM",
+                     "init_args": {"read_space": {"class_path": "zoo.spaces.vq.VQTokenizer"}, "write_projector": "mlp"}},
+           "trainer": {"callbacks": [{"class_path": "zoo.eval.validation.ValidationScores"}]}}
+    old = {"model": {"class_path": "zoo.variants.SeparateSpacesVLM",
+                     "init_args": {"input_space": {"class_path": "zoo.spaces.vq.VQTokenizer"}, "gen_projector": "mlp"}},
+           "trainer": {"callbacks": [{"class_path": "zoo.validation.ValidationScores"}]}}
+    assert _in_current_names(old) == _in_current_names(new) == new

@@ -156,12 +156,23 @@ def _current_argument(arg: str) -> str:
     return arg
 
 
+def _in_current_names(config: Any) -> Any:
+    """A resolved config with older names in today's: moved class paths, renamed model arguments (zoo/_legacy.py),
+    so a run resumed across a rename still counts as the same run."""
+    config = _legacy.current_class_paths(config)
+    model = config.get("model") if isinstance(config, dict) else None
+    if isinstance(model, dict) and isinstance(model.get("init_args"), dict):
+        config = {**config, "model": {**model, "init_args": _legacy.current_arguments(model["init_args"])[0]}}
+    return config
+
+
 class SafeSaveConfig(SaveConfigCallback):
     """Save the resolved config beside the run, never over an input file (a CPU_FACTS.md §5 pitfall).
 
     A config.yaml already in the log dir is an error (Lightning's rule), unless it holds the very config
     this run would write: the same command rerun into its fixed log dir (`--trainer.logger.init_args.version
-    0 --ckpt_path last`, as `unizoo study` resumes a killed run), which keeps the file as it is.
+    0 --ckpt_path last`, as `unizoo study` resumes a killed run), which keeps the file as it is (older names of
+    classes and arguments in it count as today's).
     """
 
     def setup(self, trainer, pl_module, stage: str) -> None:  # noqa: D102
@@ -172,7 +183,8 @@ class SafeSaveConfig(SaveConfigCallback):
             raise RuntimeError(f"refusing to overwrite the input config {target}; give the run its own log dir")
         if not self.already_saved and not self.overwrite and target.is_file():
             try:
-                same = yaml.safe_load(target.read_text()) == yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+                same = (_in_current_names(yaml.safe_load(target.read_text()))
+                        == _in_current_names(yaml.safe_load(self.parser.dump(self.config, skip_none=False))))
             except (OSError, yaml.YAMLError):
                 same = False
             if same:
