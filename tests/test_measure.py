@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import lightning as L
+import pytest
 import torch
 import yaml
 
@@ -62,3 +63,27 @@ def test_guidance_reports_reader_agreement_per_scale_on_val(tmp_path):
     assert [r["guidance_scale"] for r in result["rows"]] == [1.0, 2.0] and result["split"] == "val"
     assert all(0.0 <= r["weather_pos"] <= 1.0 for r in result["rows"] if "weather_pos" in r)
     assert all("hour" in r for r in result["rows"])
+
+
+def test_prompt_gap_is_shuffled_minus_own_image_loss_per_checkpoint(tmp_path):
+    import shutil
+
+    run, _ = _vq_run(tmp_path)
+    shutil.copy(run / "checkpoints" / "last.ckpt", run / "checkpoints" / "step00002.ckpt")
+    result = measure.prompt(str(run), images=4, out=str(tmp_path / "m"))
+    assert [r["step"] for r in result["rows"]] == [2, None]  # step checkpoints by step, then last.ckpt
+    row = result["rows"][-1]
+    assert row["gap"] == pytest.approx(row["shuffled_loss"] - row["own_loss"], abs=1e-6)
+    # recompute the own loss directly, and check a shuffled sample keeps its image but asks another's request
+    from datamodules.smartwatch.source import SmartWatchSource as Source
+    from tools.generate import load_model
+
+    model = load_model(run / "checkpoints" / "last.ckpt").eval()
+    source = Source(train=1, val=12, test=1, seed=0, size=32)
+    own = [s for s in (source.sample("val", i) for i in range(12)) if s.task == "generation"][:4]
+    with torch.no_grad():
+        direct = float(model(model.processor(own))["image_loss"].mean())
+    assert row["own_loss"] == pytest.approx(direct, rel=1e-5)
+    swapped = measure._with_prompt_of(own[0], own[1])
+    assert swapped.turns[0] == own[1].turns[0] and swapped.turns[1:] == own[0].turns[1:]
+    assert swapped.images == own[0].images
