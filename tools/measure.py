@@ -12,7 +12,7 @@
   against the same images under another sample's prompt, for every checkpoint of the run (or one): a model
   that ignores its prompt scores the same on both, and nothing but its marginal image can come out.
 
-Both write JSON (and PNGs) to `--out` and print a table.
+Each writes JSON (and PNGs) to `--out` and prints its table.
 """
 from __future__ import annotations
 
