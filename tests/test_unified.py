@@ -224,6 +224,28 @@ def test_init_from_copies_matching_weights(tmp_path):
         _model("siglip-siglip", init_from=str(tmp_path / "missing.ckpt"))
 
 
+def test_init_from_reads_zoo_names_and_safetensors(tmp_path):
+    """A stage 2 starts from a published zoo model by name (sha256-checked) or from its .safetensors file."""
+    from safetensors.torch import save_file
+
+    from zoo.catalog import hub
+    from zoo.catalog.registry import UnknownModelError, create_model, get_entry
+
+    entry = get_entry("smartwatch-vq-vq-study")
+    published = hub.load_state_dict_file(hub.fetch(entry.weights))
+    # SigLIP-VQ shares the LM, write projector and head names with VQ-VQ; its MLP read projector does not fit.
+    model = create_model("siglip-vq.study", init_from="zoo:smartwatch-vq-vq-study")
+    assert torch.equal(model.head.weight, published["head.weight"])
+    assert torch.equal(model.write_projector.weight, published["write_projector.weight"])
+    fresh = create_model("siglip-vq.study")
+    assert not torch.equal(fresh.head.weight, published["head.weight"])
+    path = tmp_path / "stage1.safetensors"
+    save_file({"head.weight": published["head.weight"].clone()}, str(path))
+    assert torch.equal(create_model("siglip-vq.study", init_from=str(path)).head.weight, published["head.weight"])
+    with pytest.raises(UnknownModelError, match="no-such-model"):
+        create_model("siglip-vq.study", init_from="zoo:no-such-model")
+
+
 @pytest.mark.parametrize("name,flag", [("siglip-siglip", "cache_features"), ("vq-vq", "cache_codes")])
 def test_cached_encoder_outputs_give_the_same_losses(name, flag, samples):
     plain = _model(name).eval()

@@ -259,13 +259,34 @@ def setting_differences(saved: Any, built: Any, settings: Iterable[str] = RUN_SE
 # ----------------------------------------------------------------------------- loading
 
 
-def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, int]:
-    """Copy the weights of checkpoint `path` whose names and shapes match `model`'s; return the counts."""
+def _init_state(path: str) -> dict[str, Any]:
+    """The state dict `init_from` names, under today's key names (see `load_matching_weights`)."""
+    from zoo.catalog import hub
+
+    if path.startswith(hub.ZOO_PREFIX):
+        from zoo.catalog.registry import get_entry
+
+        entry = get_entry(path[len(hub.ZOO_PREFIX):])
+        if entry.weights is None:
+            raise ValueError(f"init_from {path!r}: zoo entry {entry.name!r} lists no weights file")
+        state = hub.load_state_dict_file(hub.fetch(entry.weights))
+        return current_state_dict({entry.state_prefix + k: v for k, v in state.items()})
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"init_from: checkpoint {str(path)!r} not found")
+        raise FileNotFoundError(f"init_from: checkpoint {path!r} not found")
+    if path.endswith(".safetensors"):
+        return current_state_dict(hub.load_state_dict_file(path))
     # A Lightning checkpoint or a bare state dict: both are accepted as a starting point.
     state = read_checkpoint(path, lightning=False)
-    state = current_state_dict(state["state_dict"] if isinstance(state.get("state_dict"), dict) else state)
+    return current_state_dict(state["state_dict"] if isinstance(state.get("state_dict"), dict) else state)
+
+
+def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, int]:
+    """Copy the weights of checkpoint `path` whose names and shapes match `model`'s; return the counts.
+
+    `path`: a Lightning checkpoint, a bare state dict (.pt/.ckpt) or a .safetensors file, or `zoo:NAME`
+    (the sha256-checked weights of that zoo entry, e.g. a published stage-1 model).
+    """
+    state = _init_state(str(path))
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and hasattr(v, "shape") and own[k].shape == v.shape}
     if not matched:
