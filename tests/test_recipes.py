@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tools.lightning_cli import _constructor_defaults, load_recipe, run_lightning_cli
@@ -66,6 +67,8 @@ def _smoke_overrides(recipe: dict) -> list[str]:
     for slot in SLOTS:
         if slot in model:
             out += [f"--model.init_args.{slot}", json.dumps(_smoke_space(model[slot]))]
+    if model.get("init_from"):  # stage-1 weights fit the full-size model only (test_stage_two_recipe_...)
+        out += ["--model.init_args.init_from", "null"]
     return out
 
 
@@ -238,6 +241,22 @@ def test_paper_run_keeps_ten_evenly_spaced_checkpoints(tmp_path, capsys, monkeyp
     steps = sorted(int(n.split("step=")[1].split(".")[0]) for n in found if n.startswith("epoch="))
     assert steps == [3 * k for k in range(1, 11)], found  # 30 samples, validation every 3 batches
     assert "last.ckpt" in found and any(n.startswith("final-") for n in found)
+
+
+STAGE_TWO = [p for p in ALL if (load_recipe(p)["model"].get("init_args") or {}).get("init_from")]
+
+
+@pytest.mark.parametrize("path", STAGE_TWO, ids=_rel)
+def test_stage_two_recipe_starts_from_its_stage_one_weights(path, capsys, monkeypatch):
+    """A recipe with init_from builds at its own size and carries the stage-1 LM and image head over."""
+    from zoo.catalog.checkpoint import _init_state
+
+    config = _resolved(["--config", str(path)], capsys, monkeypatch)
+    model = build(config["model"])
+    stage_one = _init_state(config["model"]["init_args"]["init_from"])
+    assert torch.equal(model.head.weight, stage_one["head.weight"])
+    name = "backbone.model.model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(model.state_dict()[name], stage_one[name])
 
 
 @pytest.mark.parametrize("path", sorted(GRIDS.glob("*.yaml")), ids=_rel)
