@@ -237,3 +237,27 @@ def test_code_cache_hits_misses_and_files(tmp_path):
         CodeCache(TinyContinuousSpace(), path)
     with pytest.raises(ValueError, match="2 images but 1 keys"):
         cache.codes_for([image(RED), image(RED)], ["r"])
+
+
+@pytest.mark.parametrize("space_class", [TinyDiscreteSpace, TinyContinuousSpace])
+def test_code_cache_keeps_every_row_as_its_table_grows(space_class, tmp_path):
+    """Past the table's first capacity (1024 rows, grown by doubling) every key still maps to its own
+    encoding, a re-stored key keeps its first row, and save/load keep the order."""
+    space = space_class()
+    cache = CodeCache(space)
+    colours = [(i % 251, (7 * i) % 253, (13 * i) % 255) for i in range(2500)]
+    keys = [f"img{i}" for i in range(2500)]
+    for start in range(0, 2500, 300):
+        cache.codes_for([image(c) for c in colours[start:start + 300]], keys[start:start + 300])
+    assert len(cache) == 2500
+    probe = [0, 1023, 1024, 2047, 2048, 2499]
+    direct = space.encode(torch.stack([space.preprocess(image(colours[i])) for i in probe]))
+    expected = direct[1] if space.discrete else direct[0]
+    got = cache.codes_for([image(colours[i]) for i in probe], [keys[i] for i in probe])
+    assert torch.allclose(got.float(), expected.float())
+    first = cache.codes_for([image(colours[5])], [keys[5]])
+    cache._store([keys[5]], cache.codes_for([image(colours[6])], [keys[6]]))  # an already cached key
+    assert torch.equal(cache.codes_for([image(colours[5])], [keys[5]]), first) and len(cache) == 2500
+    path = cache.save(tmp_path / "codes.safetensors")
+    reloaded = CodeCache(space, path)
+    assert torch.equal(reloaded.codes_for([image(colours[i]) for i in probe], [keys[i] for i in probe]), got)

@@ -34,16 +34,20 @@ class CodeCache:
         self.space = space
         self.discrete = bool(space.discrete)
         self.path = os.fspath(path) if path is not None else None
-        self._codes: dict[str, torch.Tensor] = {}
+        # One contiguous table (grown by doubling) plus a key -> row index: tens of thousands of small
+        # per-image tensors fragment the heap between the encoder's large buffers, and the process grew by
+        # ~100 KB per cached image (measured: 6.5 MB per training step of 32, 13 GB after 2000 steps).
+        self._rows: dict[str, int] = {}
+        self._table: torch.Tensor | None = None
         self._fingerprint: str | None = None
         if self.path is not None and os.path.exists(self.path):
             self.load()
 
     def __len__(self) -> int:
-        return len(self._codes)
+        return len(self._rows)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._codes
+        return key in self._rows
 
     def codes_for(self, images: Sequence[Image.Image], keys: Sequence[str]) -> torch.Tensor:
         """Codes [n, N] (long, CPU) of `images`, encoding those whose key is not cached yet."""
@@ -51,13 +55,13 @@ class CodeCache:
             raise ValueError(f"CodeCache.codes_for: {len(images)} images but {len(keys)} keys")
         missing: dict[str, Image.Image] = {}
         for key, image in zip(keys, images):
-            if key not in self._codes:
+            if key not in self._rows:
                 missing.setdefault(key, image)
         if missing:
             self._store(list(missing), self._encode(list(missing.values())))
         if not keys:
             return torch.empty(0, self.space.num_tokens, dtype=torch.long)
-        stacked = torch.stack([self._codes[k] for k in keys])
+        stacked = self._table[torch.tensor([self._rows[k] for k in keys])]
         return stacked.long() if self.discrete else stacked
 
     def precompute(self, items: Iterable[tuple[str, Image.Image]], batch_size: int = 64) -> int:
@@ -67,7 +71,7 @@ class CodeCache:
         pending: dict[str, Image.Image] = {}
         added = 0
         for key, image in items:
-            if key in self._codes or key in pending:
+            if key in self._rows or key in pending:
                 continue
             pending[key] = image
             if len(pending) == batch_size:
@@ -95,8 +99,26 @@ class CodeCache:
         return codes.to("cpu", torch.int32)
 
     def _store(self, keys: list[str], codes: torch.Tensor) -> None:
-        for key, row in zip(keys, codes):
-            self._codes[key] = row.clone()
+        new, seen = [], set()
+        for i, key in enumerate(keys):  # a key already cached (or repeated here) keeps its first row
+            if key not in self._rows and key not in seen:
+                new.append(i)
+                seen.add(key)
+        codes = codes[new] if len(new) < len(keys) else codes
+        start, size = len(self._rows), len(self._rows) + len(new)
+        if self._table is None or size > self._table.shape[0]:
+            grown = torch.empty((max(size, 2 * start, 1024), *codes.shape[1:]), dtype=codes.dtype)
+            if self._table is not None:
+                grown[:start] = self._table[:start]
+            self._table = grown
+        self._table[start:size] = codes
+        for offset, i in enumerate(new):
+            self._rows[keys[i]] = start + offset
+
+    def _stacked(self) -> tuple[list[str], torch.Tensor | None]:
+        """Every cached key in insertion order and their rows (None when empty)."""
+        keys = list(self._rows)
+        return keys, (self._table[: len(keys)] if keys else None)
 
     # --- file ------------------------------------------------------------------------------------------
 
@@ -117,15 +139,11 @@ class CodeCache:
         target = os.fspath(path) if path is not None else self.path
         if target is None:
             raise ValueError("CodeCache.save: no path given and the cache was built without one")
-        keys = list(self._codes)
+        keys, rows = self._stacked()
         bad = [k for k in keys if "\n" in k]
         if bad:
             raise ValueError(f"CodeCache.save: keys must not contain newlines, e.g. {bad[0]!r}")
-        codes = (
-            torch.stack([self._codes[k] for k in keys])
-            if keys
-            else torch.empty(0, self.space.num_tokens, dtype=torch.int32)
-        )
+        codes = rows if rows is not None else torch.empty(0, self.space.num_tokens, dtype=torch.int32)
         key_bytes = torch.frombuffer(bytearray("\n".join(keys).encode("utf-8")), dtype=torch.uint8) if keys else None
         tensors = {"codes": codes.contiguous()}
         tensors["keys"] = key_bytes if key_bytes is not None else torch.empty(0, dtype=torch.uint8)
