@@ -188,3 +188,11 @@ def test_study_pieces_bench_reports_ratios_measured_in_one_run():
     assert positions["grid_cost"] == positions["step_ms_grid"] / positions["step_ms_none"]
     decoder = bench_pixel_decoder(batch=4, repeats=1)
     assert decoder["images_per_s"] > 0 and decoder["parameters"] > 0
+
+
+def test_code_cache_bench_reports_growth_per_image():
+    from tools.bench_suites import bench_code_cache
+
+    out = bench_code_cache(images=64, batch_size=32)
+    assert out["images"] == 64 and out["ms_per_image"] > 0
+    assert out["mb_per_1000_images"] == pytest.approx(out["rss_growth_mb"] / 64 * 1000)

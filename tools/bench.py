@@ -32,6 +32,7 @@ from tools.bench_suites import (  # noqa: F401
     _recipe_parts,
     bench_data,
     bench_generate,
+    bench_code_cache,
     bench_memory,
     bench_train,
     generation_model,
@@ -41,7 +42,7 @@ from tools.bench_timers import LMTimer, _time_encoders  # noqa: F401
 
 SUITES = ("train", "generate", "data", "memory", "study")
 TARGETS = {"outside_lm_share": 0.10, "kv_speedup_256_b16": 10.0, "kv_speedup_b1": 1.0,
-           "data_headroom": 5.0, "peak_rss_gb": 3.0}
+           "data_headroom": 5.0, "peak_rss_gb": 3.0, "code_cache_mb_per_1000": 10.0}
 
 
 # ------------------------------------------------------------------------------------------- suite
@@ -85,6 +86,7 @@ def run_benchmarks(suites: tuple[str, ...] = SUITES, quick: bool = False, recipe
         results["study"] = bench_study(quick=quick)
     if "memory" in suites:
         results["memory"] = bench_memory(max_steps=10 if quick else 30, with_test=not quick)
+        results["code_cache"] = bench_code_cache(images=512 if quick else 2048)
     results["meta"].update(load_after=os.getloadavg(), wall_s=time.perf_counter() - start)
     results["targets"] = targets(results)
     return results
@@ -119,6 +121,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if "memory" in results:
         add("quickstart peak RSS (GB)", results["memory"]["peak_rss_gb"], TARGETS["peak_rss_gb"], False,
             "max(psutil tree, getrusage maxrss)")
+    if "code_cache" in results:  # per-image tensors once grew the heap ~100 MB per 1000 images (stop 19)
+        add("code cache RSS growth (MB per 1000 images)", results["code_cache"]["mb_per_1000_images"],
+            TARGETS["code_cache_mb_per_1000"], False, "RSS after - before filling the cache")
     return rows
 
 
@@ -168,6 +173,10 @@ def render(results: dict[str, Any]) -> None:
         table("memory", [results["memory"]], [
             ("command", "command", 0), ("polled_rss_gb", "polled tree RSS GB", 2), ("child_maxrss_gb", "child maxrss GB", 2),
             ("peak_rss_gb", "peak GB", 2), ("wall_s", "wall s", 0)])
+    if "code_cache" in results:
+        table("code cache (tiny VQ, rendered watches)", [results["code_cache"]], [
+            ("images", "images", 0), ("rss_growth_mb", "RSS growth MB", 1), ("mb_per_1000_images", "MB / 1000 images", 1),
+            ("ms_per_image", "ms/image", 2)])
     if "study" in results:
         study = results["study"]
         table("study pieces (issue 12)", [{**study["guidance"], **study["positions"], **study["pixel_decoder"]}], [

@@ -306,3 +306,29 @@ def bench_memory(max_steps: int = 20, recipe: str | os.PathLike | None = None, w
     return {"command": " ".join(["unizoo", *cmd[3:]]).replace(tmp, "$TMP"), "polled_rss_gb": peak / 2**30,
             "child_maxrss_gb": child, "peak_rss_gb": max(peak / 2**30, child or 0.0), "wall_s": wall}
 
+
+
+def bench_code_cache(images: int = 2048, batch_size: int = 32) -> dict[str, Any]:
+    """Resident-memory growth of a CodeCache filling up (the tiny VQ space, rendered watches), in MB per
+    1000 cached images: the codes themselves are 0.25 MB per 1000 (64 int32 each); more is heap overhead."""
+    import psutil
+
+    from datamodules.smartwatch.source import SmartWatchSource
+    from zoo.model.code_cache import CodeCache
+    from zoo.spaces.vq import VQTokenizer
+
+    space = VQTokenizer(variant="tiny", image_size=64, checkpoint="zoo:vq-smartwatch-tiny-v2")
+    source = SmartWatchSource(train=images + batch_size, val=1, test=1, size=64, seed=0, tasks=("generation",))
+    cache, process = CodeCache(space), psutil.Process()
+
+    def fill(start: int, stop: int) -> None:
+        for i in range(start, stop, batch_size):
+            batch = [source.sample("train", j) for j in range(i, min(stop, i + batch_size))]
+            cache.codes_for([s.images[0] for s in batch], [s.image_keys[0] for s in batch])
+
+    fill(0, batch_size)  # warm-up: the encoder's buffers and kernels
+    before, start = process.memory_info().rss, time.perf_counter()
+    fill(batch_size, images + batch_size)
+    grown = process.memory_info().rss - before
+    return {"images": images, "rss_growth_mb": grown / 2**20, "mb_per_1000_images": grown / 2**20 / images * 1000,
+            "ms_per_image": 1000 * (time.perf_counter() - start) / images}
