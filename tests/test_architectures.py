@@ -154,8 +154,9 @@ def test_pretrained_weights_are_tags_of_their_architecture():
             assert not _unset(_spec(arch), _spec(entry)), f"{name} is not {arch.name}: {_unset(_spec(arch), _spec(entry))}"
         # a model that is an architecture of the table says so (and no other one)
         assert matching == ({entry.architecture} if entry.architecture else set()), (name, matching)
-    assert list_pretrained("smartwatch-vq-vq*") == {"vq-vq.study": ["smartwatch-vq-vq-study"]}
-    assert list_pretrained("vq-vq.*") == {"vq-vq.study": ["smartwatch-vq-vq-study"]}
+    vq_vq = ["smartwatch-vq-vq-drawing", "smartwatch-vq-vq-drawing-generation", "smartwatch-vq-vq-study"]
+    assert list_pretrained("smartwatch-vq-vq*") == {"vq-vq.study": vq_vq}  # the drawing models are tags too
+    assert list_pretrained("vq-vq.*") == {"vq-vq.study": vq_vq}
     with pytest.raises(ValueError, match="smartwatch-vq-vq-study"):
         create_model("vq-vq.study", pretrained=True)  # an architecture holds no weights; its tags are named
 
@@ -166,7 +167,7 @@ def test_zoo_list_and_readme_tables_show_architectures(monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "400")
     zoo_cmd.list_entries("vq-vq.*", kind="architecture")
     out = capsys.readouterr().out
-    assert all(f"vq-vq.{s}" in out for s in SCALES) and "pretrained: smartwatch-vq-vq-study" in out
+    assert all(f"vq-vq.{s}" in out for s in SCALES) and "smartwatch-vq-vq-study" in out and "pretrained: " in out
     assert "vq-vq.smoke" not in registry.entries_table_markdown()  # the README's zoo table is not flooded
     table = registry.architectures_table_markdown()
     assert len(table.splitlines()) == 2 + len(ARCHITECTURES) and "`smartwatch-vq-vq-study`" in table
