@@ -307,7 +307,6 @@ def bench_memory(max_steps: int = 20, recipe: str | os.PathLike | None = None, w
             "child_maxrss_gb": child, "peak_rss_gb": max(peak / 2**30, child or 0.0), "wall_s": wall}
 
 
-
 def bench_code_cache(images: int = 2048, batch_size: int = 32) -> dict[str, Any]:
     """Resident-memory growth of a CodeCache filling up (the tiny VQ space, rendered watches), in MB per
     1000 cached images: the codes themselves are 0.25 MB per 1000 (64 int32 each); more is heap overhead."""

@@ -264,13 +264,9 @@ def _init_state(path: str) -> dict[str, Any]:
     from zoo.catalog import hub
 
     if path.startswith(hub.ZOO_PREFIX):
-        from zoo.catalog.registry import get_entry
+        from zoo.catalog.registry import entry_state_dict, get_entry
 
-        entry = get_entry(path[len(hub.ZOO_PREFIX):])
-        if entry.weights is None:
-            raise ValueError(f"init_from {path!r}: zoo entry {entry.name!r} lists no weights file")
-        state = hub.load_state_dict_file(hub.fetch(entry.weights))
-        return current_state_dict({entry.state_prefix + k: v for k, v in state.items()})
+        return entry_state_dict(get_entry(path[len(hub.ZOO_PREFIX):]))[0]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"init_from: checkpoint {path!r} not found")
     if path.endswith(".safetensors"):

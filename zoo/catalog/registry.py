@@ -183,17 +183,21 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Mo
     return model
 
 
-def load_pretrained(model: nn.Module, entry: ZooEntry, *, offline: bool | None = None) -> nn.Module:
-    """Fetch `entry`'s weights and load them into `model`, refusing unexpected or unexplained missing keys."""
+def entry_state_dict(entry: ZooEntry, *, offline: bool | None = None) -> tuple[dict[str, Any], Path]:
+    """`entry`'s sha256-checked weights as a state dict under today's key names, and the file they came from."""
     if entry.weights is None:
         raise ValueError(f"zoo entry {entry.name!r} has no weights")
-    path = hub.fetch(entry.weights, offline=offline)
-    state = hub.load_state_dict_file(path)
-    if entry.state_prefix:
-        state = {entry.state_prefix + key: value for key, value in state.items()}
-    from zoo.catalog.checkpoint import check_state_dict, current_state_dict
+    from zoo.catalog.checkpoint import current_state_dict
 
-    state = current_state_dict(state)  # weights published before a rename load under today's key names
+    path = hub.fetch(entry.weights, offline=offline)
+    state = {entry.state_prefix + key: value for key, value in hub.load_state_dict_file(path).items()}
+    return current_state_dict(state), path  # weights published before a rename load under today's names
+
+
+def load_pretrained(model: nn.Module, entry: ZooEntry, *, offline: bool | None = None) -> nn.Module:
+    """Fetch `entry`'s weights and load them into `model`, refusing unexpected or unexplained missing keys."""
+    state, path = entry_state_dict(entry, offline=offline)
+    from zoo.catalog.checkpoint import check_state_dict
 
     # Keys the model itself declares as coming from elsewhere (frozen upstream towers; exact keys or globs)
     # may be absent, and any key where the entry says its weights are partial. Raises CheckpointMismatchError.
