@@ -238,7 +238,7 @@ class MixedTaskDataModule(LightningDataModule):
                 k = n if cap is None else min(n, cap)
             keep.append(positions[_pick(n, k, self.seed, salt)])
         chosen = np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
-        if split == "train" and len(chosen) == 0:
+        if split == "train" and len(chosen) == 0 and not self.extra:  # extra data alone is a valid train set
             have = dict(Counter(tasks))
             raise ValueError(f"mix {self.mix} selects no training items; the sources' train split has {have}")
         return refs[chosen], [tasks[p] for p in chosen]

@@ -173,6 +173,15 @@ def test_extra_data_is_added_and_disjoint():
     assert len(dm.dataset("val")) == 12  # extras go to train only
 
 
+def test_extra_data_alone_is_a_train_set():
+    # A mix that selects nothing of the splits plus extra data trains on the extras only (a continuation on
+    # fresh images, e.g.); without extras the same mix is an error (test above).
+    dm = MixedTaskDataModule([FakeSource(extra_capacity=100)], mix={"vqa": 0, "caption": 0, "generation": 0},
+                             extra={"generation": 4})
+    assert dm.describe()["train"] == {"extra generation": 4}
+    assert len(dm.dataset("train")) == 4
+
+
 def test_extra_data_spread_over_sources_and_errors():
     a, b = FakeSource(name="a", extra_capacity=3), FakeSource(name="b", extra_capacity=5)
     dm = MixedTaskDataModule([a, b], extra={"generation": 7})
