@@ -87,3 +87,18 @@ def test_prompt_gap_is_shuffled_minus_own_image_loss_per_checkpoint(tmp_path):
     swapped = measure._with_prompt_of(own[0], own[1])
     assert swapped.turns[0] == own[1].turns[0] and swapped.turns[1:] == own[0].turns[1:]
     assert swapped.images == own[0].images
+
+
+def test_measures_take_a_zoo_model_by_name_with_its_cards_data(tmp_path):
+    from tools.generate import load_model
+    from tools.probe import _watch_source
+    from zoo.catalog.registry import get_entry
+
+    name = "smartwatch-vq-vq-drawing"
+    model = load_model(f"zoo:{name}")
+    assert type(model).__name__ == get_entry(name).class_path.rsplit(".", 1)[-1]
+    source = get_entry(name).card.test_protocol["data"]["init_args"]["sources"][0]["init_args"]
+    assert _watch_source(f"zoo:{name}", model) == (source["seed"], source["size"])
+    result = measure.guidance(f"zoo:{name}", scales=[1.0], images=4, out=str(tmp_path / "m"))
+    assert result["checkpoint"] == f"zoo:{name}" and result["images"] == 4
+    assert (tmp_path / "m" / f"guidance-{name}.json").is_file()

@@ -27,22 +27,31 @@ def find_checkpoint(ckpt: str | os.PathLike) -> Path:
     return (last or found)[-1]
 
 
+ZOO_PREFIX = "zoo:"
+
+
 def load_model(ckpt: str | os.PathLike, device: str | None = None) -> UnifiedVLM:
-    """A trained UnifiedVLM (its exact subclass) from a run directory or a .ckpt, in eval mode."""
+    """A trained UnifiedVLM (its exact subclass) from a run directory, a .ckpt, or "zoo:NAME", in eval mode."""
     import torch
 
     import zoo.model.variants  # noqa: F401  (Lightning only rebuilds classes that are already imported)
     from zoo.model.unified import UnifiedVLM
 
-    path = find_checkpoint(ckpt)
-    try:
-        # Tensors and plain containers only, as `unizoo test --ckpt_path` loads them.
-        model = UnifiedVLM.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"{path}: refused: holds pickled objects beyond tensors and plain containers "
-                         f"(only weights_only=True loading is allowed) ({str(err).splitlines()[0]})") from err
-    except (KeyError, EOFError, RuntimeError) as err:
-        raise ValueError(f"{path}: not a unizoo model checkpoint ({err})") from err
+    if str(ckpt).startswith(ZOO_PREFIX):
+        from zoo.catalog.registry import create_model
+
+        # The zoo's own loader: sha256-checked safetensors (bundled or from the hub), nothing unpickled.
+        model = create_model(str(ckpt)[len(ZOO_PREFIX):], pretrained=True)
+    else:
+        path = find_checkpoint(ckpt)
+        try:
+            # Tensors and plain containers only, as `unizoo test --ckpt_path` loads them.
+            model = UnifiedVLM.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(f"{path}: refused: holds pickled objects beyond tensors and plain containers "
+                             f"(only weights_only=True loading is allowed) ({str(err).splitlines()[0]})") from err
+        except (KeyError, EOFError, RuntimeError) as err:
+            raise ValueError(f"{path}: not a unizoo model checkpoint ({err})") from err
     target = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(target).eval()
 
@@ -130,7 +139,7 @@ def generate(
     (`zoo.spaces.pixel_decoder`), else saved as image-N.safetensors.
 
     Args:
-        ckpt: run directory or Lightning .ckpt file of `unizoo fit`.
+        ckpt: run directory or Lightning .ckpt file of `unizoo fit`, or a zoo model as "zoo:NAME".
         prompt: the user's message, e.g. "what time is it?" or "draw a watch reading 10:15:00".
         image: an image file the model reads (placed before the prompt unless it holds "<image>").
         out: folder for generated images.

@@ -107,14 +107,14 @@ def _write(out: str, name: str, payload: dict[str, Any]) -> Path:
 def generation(run: str, images: int = 100, seed: int = 0, out: str = DEFAULT_OUT, threads: int = 0) -> dict[str, Any]:
     """Teacher-forced vs free-running fidelity per written image-token position of a run's model."""
     from datamodules.smartwatch.source import SmartWatchSource
-    from tools.probe import _watch_source, find_checkpoint
+    from tools.probe import _watch_source
     from tools.generate import load_model
     from zoo.eval.evaluation import _image_prompt
     from zoo.model.generate import generate_images
 
     if threads:
         torch.set_num_threads(threads)
-    path = find_checkpoint(run)
+    path = _checkpoint(run)
     model = load_model(path).eval()
     space = model.write_space
     if space is None:
@@ -149,8 +149,24 @@ def generation(run: str, images: int = 100, seed: int = 0, out: str = DEFAULT_OU
     return result
 
 
+def _is_zoo(run: str | Path) -> bool:
+    from tools.generate import ZOO_PREFIX
+
+    return str(run).startswith(ZOO_PREFIX)
+
+
+def _checkpoint(run: str) -> str | Path:
+    """What `load_model` loads for `run`: "zoo:NAME" itself, else the run's checkpoint file."""
+    from tools.probe import find_checkpoint
+
+    return run if _is_zoo(run) else find_checkpoint(run)
+
+
 def _run_name(run: str) -> str:
-    """A file-name stem for a run: its folder, or the folder above a Lightning `version_N` / a .ckpt file."""
+    """A file-name stem for a run: its folder, the folder above a Lightning `version_N` / a .ckpt file, or
+    a zoo model's name."""
+    if _is_zoo(run):
+        return str(run).split(":", 1)[1]
     path = Path(run)
     if path.is_file():
         path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
@@ -209,12 +225,12 @@ def guidance(run: str, scales: list[float] = (1.0, 2.0, 3.0), temperatures: list
     from datamodules.smartwatch.reader import DEFAULT_READER
     from datamodules.smartwatch.source import SmartWatchSource
     from tools.generate import load_model
-    from tools.probe import _watch_source, find_checkpoint
+    from tools.probe import _watch_source
     from zoo.eval.evaluation import decode_generated, evaluate_samples
 
     if threads:
         torch.set_num_threads(threads)
-    path = find_checkpoint(run)
+    path = _checkpoint(run)
     model = load_model(path).eval()
     if model.write_space is None or not model.write_space.can_decode:
         raise ValueError(f"measure guidance: {run} writes no decodable images")
@@ -253,12 +269,12 @@ def prompt(run: str, images: int = 100, split: str = "val", all_checkpoints: boo
     """
     from datamodules.smartwatch.source import SmartWatchSource
     from tools.generate import load_model
-    from tools.probe import _watch_source, find_checkpoint
+    from tools.probe import _watch_source
 
     if threads:
         torch.set_num_threads(threads)
-    last = find_checkpoint(run)
-    paths = _checkpoints_in_order(last) if all_checkpoints else [last]
+    last = _checkpoint(run)
+    paths = _checkpoints_in_order(last) if all_checkpoints and not _is_zoo(run) else [last]
     rows = []
     for path in paths:
         model = load_model(path).eval()

@@ -146,9 +146,17 @@ def find_checkpoint(run: str | Path) -> Path:
 def _watch_source(run: Path, model: Any) -> tuple[int, int]:
     """(seed, image size) of the run's smart-watch data, or (0, the read space's size)."""
     size = max(32, int(getattr(model.read_space, "image_size", 64) or 64))
-    config = run / "config.yaml" if run.is_dir() else run.parent.parent / "config.yaml"
-    if config.is_file():
-        data = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("init_args") or {}
+    data = None
+    if str(run).startswith("zoo:"):  # a zoo model: the data of its card's test protocol
+        from zoo.catalog.registry import get_entry
+
+        protocol = get_entry(str(run)[4:]).card.test_protocol or {}
+        data = (protocol.get("data") or {}).get("init_args") or {}
+    else:
+        config = run / "config.yaml" if run.is_dir() else run.parent.parent / "config.yaml"
+        if config.is_file():
+            data = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("init_args") or {}
+    if data is not None:
         for source in data.get("sources") or []:
             args = source.get("init_args") or {} if isinstance(source, dict) else {}
             if "size" in args or "seed" in args:
