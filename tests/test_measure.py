@@ -10,7 +10,7 @@ import yaml
 
 from datamodules.mixed import MixedTaskDataModule
 from datamodules.smartwatch.source import SmartWatchSource
-from tools import measure
+from tools import measure, measure_attributes
 from zoo.catalog.presets import preset
 from zoo.config import build
 
@@ -102,3 +102,33 @@ def test_measures_take_a_zoo_model_by_name_with_its_cards_data(tmp_path):
     result = measure.guidance(f"zoo:{name}", scales=[1.0], images=4, out=str(tmp_path / "m"))
     assert result["checkpoint"] == f"zoo:{name}" and result["images"] == 4
     assert (tmp_path / "m" / f"guidance-{name}.json").is_file()
+
+
+def test_attribute_change_rebuilds_the_same_prompt_with_one_value_changed():
+    from datamodules.smartwatch.evaluate import spec_from_attrs
+    from datamodules.smartwatch.source import watch_sample
+    from tools.measure_attributes import ATTRIBUTES, changed_watch, with_changed_prompt
+
+    for index in range(30):
+        sample = watch_sample(0, "val", index, "generation", size=32)
+        spec = spec_from_attrs(sample.attrs)
+        for attribute in ATTRIBUTES:
+            other = changed_watch(spec, attribute)
+            fields = {f for f in ("hour", "weather", "battery", "weather_pos", "battery_pos")
+                      if getattr(other, f) != getattr(spec, f)}
+            assert fields == {"hour" if attribute == "time" else attribute}
+            if attribute not in sample.attrs["mentioned"]:
+                continue
+            changed = with_changed_prompt(sample, attribute)
+            before, after = sample.turns[0]["content"].split(), changed.turns[0]["content"].split()
+            assert len(before) == len(after) and sum(a != b for a, b in zip(before, after)) == 1  # one word
+            assert changed.images == sample.images and changed.turns[1:] == sample.turns[1:]
+
+
+def test_attributes_reports_a_gap_per_stated_attribute(tmp_path):
+    run, _ = _vq_run(tmp_path)
+    result = measure_attributes.attributes(str(run), images=4, out=str(tmp_path / "m"))
+    assert [r["attribute"] for r in result["rows"]] == list(measure_attributes.ATTRIBUTES)
+    for row in result["rows"]:
+        assert 1 <= row["images"] <= 4 and row["gap"] == pytest.approx(row["changed_loss"] - row["own_loss"], abs=1e-4)
+    assert (tmp_path / "m" / "attributes-run.json").is_file()

@@ -34,6 +34,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "generation": "tools.measure:generation",
         "guidance": "tools.measure:guidance",
         "prompt": "tools.measure:prompt",
+        "attributes": "tools.measure_attributes:attributes",
     },
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

@@ -11,6 +11,7 @@
 * `prompt RUN`: does the model use its generation prompt? The teacher-forced image loss of val prompts
   against the same images under another sample's prompt, for every checkpoint of the run (or one): a model
   that ignores its prompt scores the same on both, and nothing but its marginal image can come out.
+* `attributes RUN` (tools/measure_attributes.py): the same per stated attribute: only that value changed.
 
 Each writes JSON (and PNGs) to `--out` and prints its table.
 """
