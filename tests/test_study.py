@@ -191,3 +191,21 @@ def test_a_rerun_into_its_own_log_dir_keeps_the_config_only_when_it_is_the_same(
     with pytest.raises(RuntimeError, match="to NOT exist"):  # another config over it: still refused
         run_lightning_cli([*args, "--seed_everything=1"])
     assert saved.read_text() == text
+
+
+def test_grid_wall_counts_only_this_grid_files_invocations(tmp_path):
+    # Two grid files sharing one OUT folder (e.g. a subset of seeds run separately): the speed-up of one
+    # must not divide its runs' time by the other's invocations.
+    from types import SimpleNamespace
+
+    from tools.study import _write_summary
+
+    out = tmp_path / "grid"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"invocations": [
+        {"started": "a", "grid_file": str(tmp_path / "other.yaml"), "wall_s": 1000.0},
+        {"started": "b", "wall_s": 5.0}]}))  # a record from before grid_file was kept: counted as this grid's
+    grid = SimpleNamespace(name="g", file=tmp_path / "this.yaml", out=out, runs=[])
+    summary = json.loads(_write_summary(grid, {}, 1, 1, "c", 7.0).read_text())
+    assert summary["grid_wall_s"] == 12.0 and len(summary["invocations"]) == 3
+    assert summary["invocations"][-1]["grid_file"] == str(tmp_path / "this.yaml")

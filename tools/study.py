@@ -494,7 +494,8 @@ def _write_summary(grid: Grid, results: dict[str, dict[str, Any]], workers: int,
     previous = _read_json(path) or {}
     invocations = [i for i in previous.get("invocations", []) if isinstance(i, dict)]
     statuses = [r["status"] for r in results.values()]
-    invocations.append({"started": started, "wall_s": round(wall, 3), "workers": workers, "threads": threads,
+    invocations.append({"started": started, "grid_file": str(grid.file), "wall_s": round(wall, 3), "workers": workers,
+                        "threads": threads,
                         "ran": statuses.count("done") + statuses.count("failed"),
                         "skipped": statuses.count("skipped"), "failed": statuses.count("failed")})
     runs = []
@@ -509,12 +510,14 @@ def _write_summary(grid: Grid, results: dict[str, dict[str, Any]], workers: int,
                      **walls, "dir": str(run.dir), "log": str(run.log),
                      "test_dir": str(run.test_dir) if run.test_args is not None else None})
     known = [r["wall_s"] for r in runs if r["wall_s"] is not None]
-    grid_wall = sum(i["wall_s"] for i in invocations)
+    # Another grid file may share this OUT folder (a subset of seeds, say): its invocations ran other runs,
+    # so only this file's count against this file's runs (records without a grid_file predate the key).
+    grid_wall = sum(i["wall_s"] for i in invocations if i.get("grid_file", str(grid.file)) == str(grid.file))
     data = {
         "name": grid.name, "grid_file": str(grid.file), "out": str(grid.out),
         "command": shlex.join(["unizoo", "study", str(grid.file), "--workers", str(workers), "--threads", str(threads)]),
         "workers": workers, "threads": threads,
-        "grid_wall_s": round(grid_wall, 3),  # every invocation of this grid, added up
+        "grid_wall_s": round(grid_wall, 3),  # every invocation of this grid file, added up
         "run_wall_s": round(sum(known), 3),  # every attempt of every run, added up (runs timed: runs_timed)
         "runs_timed": len(known), "runs_total": len(runs),
         "parallel_speedup": round(sum(known) / grid_wall, 3) if grid_wall > 0 and known else None,
