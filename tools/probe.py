@@ -144,13 +144,16 @@ def find_checkpoint(run: str | Path) -> Path:
 
 
 def _watch_source(run: Path, model: Any) -> tuple[int, int]:
-    """(seed, image size) of the run's smart-watch data, or (0, the read space's size)."""
+    """(seed, image size) of the smart-watch data of a run (its config) or of a "zoo:NAME" model (its card's
+    test protocol), or (0, the read space's size)."""
+    from tools.generate import ZOO_PREFIX
+
     size = max(32, int(getattr(model.read_space, "image_size", 64) or 64))
     data = None
-    if str(run).startswith("zoo:"):  # a zoo model: the data of its card's test protocol
+    if str(run).startswith(ZOO_PREFIX):
         from zoo.catalog.registry import get_entry
 
-        protocol = get_entry(str(run)[4:]).card.test_protocol or {}
+        protocol = get_entry(str(run)[len(ZOO_PREFIX):]).card.test_protocol or {}
         data = (protocol.get("data") or {}).get("init_args") or {}
     else:
         config = run / "config.yaml" if run.is_dir() else run.parent.parent / "config.yaml"
