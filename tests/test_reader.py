@@ -125,6 +125,7 @@ def test_images_are_aligned_with_generation_records(shipped):
     vqa = {"task": "vqa", "ground_truth": "sunny", "answer": "sunny", "attrs": {}}
     out = score_records([vqa] + records, [None, None] + truths[2:], reader=reader)
     assert out["vqa"]["weather"] == 1.0
+    assert "vqa_by_question" not in out  # no asked attribute recorded: no per-question table
     assert out["generation_fidelity"]["protocol"]["samples"] == 4
     with pytest.raises(ValueError, match="5 images for 6 generation records"):
         score_images(records, truths[:5], reader)

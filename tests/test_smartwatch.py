@@ -291,6 +291,27 @@ def test_bias_only_value():
         Bias("battery", "only_value", "high")
 
 
+def test_bias_hidden_corner_keeps_the_other_corner_and_the_icon():
+    bias = Bias("weather_pos", "hidden")
+    asked = Counter()
+    for i in range(400):
+        spec = sample_watch(0, "train", i)
+        _, vqa = conversation(spec, 0, "train", i, "vqa", bias)
+        asked.update(a for a, _, _ in vqa["qa"])
+        _, cap = conversation(spec, 0, "train", i, "caption", bias)
+        assert "weather_pos" not in cap["mentioned"]
+        _, gen = conversation(spec, 0, "train", i, "generation", bias)
+        assert "weather_pos" in gen["mentioned"] and f"{spec.weather_pos} corner" in gen["prompt"]
+    assert asked["weather_pos"] == 0 and asked["battery_pos"] > 0 and asked["weather"] > 0
+    only = Bias("battery_pos", "only_value", "bottom-right")
+    assert only.shows(WatchSpec(1, 1, 1, 5, "sunny", "top-left", "bottom-right", (0, 0, 0)))
+    assert not only.shows(WatchSpec(1, 1, 1, 5, "sunny", "top-left", "top-right", (0, 0, 0)))
+    with pytest.raises(ValueError, match="middle"):
+        Bias("weather_pos", "only_value", "middle")
+    with pytest.raises(ValueError, match="time"):
+        Bias("time", "hidden")  # every description states the time: it cannot be hidden
+
+
 def test_bias_leaves_other_clauses_alone():
     spec = sample_watch(0, "train", 4)
     rng_a, rng_b = task_rng(0, "train", 4, "caption"), task_rng(0, "train", 4, "caption")
@@ -317,3 +338,16 @@ def test_source_items_and_extra():
     assert not und_keys & own and not gen_keys & own and not und_keys & gen_keys
     assert und[1:3][0].task == "caption"
     src.validate()
+
+
+def test_vqa_scores_by_asked_attribute_keep_the_corners_apart():
+    from datamodules.smartwatch.evaluate import score_records
+
+    def record(attribute: str, truth: str, answer: str) -> dict:
+        return {"task": "vqa", "ground_truth": truth, "answer": answer, "attrs": {"attribute": attribute}}
+
+    records = [record("weather_pos", "top-left", "top-left"), record("weather_pos", "top-right", "bottom-left"),
+               record("battery_pos", "bottom-left", "bottom-left"), record("time", "03:00:00", "03:00:00")]
+    scores = score_records(records)
+    assert scores["vqa"]["position"] == pytest.approx(2 / 3)  # the paper's type pools both corners
+    assert scores["vqa_by_question"] == {"battery_pos": 1.0, "time": 1.0, "weather_pos": 0.5}

@@ -35,8 +35,8 @@ from datamodules.smartwatch.reader import (
     read_images,
 )
 from datamodules.smartwatch.render import render_watch
-from datamodules.smartwatch.score import (answer_type, battery_score, chance_levels, parse_caption, score_caption,
-                                          score_vqa, time_score)
+from datamodules.smartwatch.score import (answer_type, battery_score, chance_levels, parse_caption, score_answer,
+                                          score_caption, score_vqa, time_score)
 from datamodules.smartwatch.spec import WatchSpec, sample_watch
 
 _CAPTION_CHANCE_KEY = {"time": "time", "weather": "weather", "battery": "battery",
@@ -48,9 +48,10 @@ _REFERENCE_SEED = 1  # fid_reference draws test watches under another seed than 
 
 def score_records(records: list[dict[str, Any]], images: list[Any] | None = None, reader: Any = None,
                   feature_reader: Any = None) -> dict[str, Any]:
-    """{"vqa", "caption", "generation_fidelity"/"generation_fid", "feature_fidelity"/"feature_fid"} of records.
+    """{"vqa", "vqa_by_question", "caption", "generation_fidelity"/"generation_fid", "feature_fidelity"/"feature_fid"}.
 
-    VQA: only the first question of each vqa sample (PAPER.md §6), typed by its ground truth.
+    VQA: only the first question of each vqa sample (PAPER.md §6), typed by its ground truth; vqa_by_question
+    splits it by the asked attribute (`score_by_question`).
     Captions (new; the paper did not score them): every attribute the reference caption mentions.
     Generation: scored when `reader` (an AttributeReader or a weights path) and decoded `images` are given;
     continuous outputs when `feature_reader` (a FeatureReader or path) is given.
@@ -61,6 +62,9 @@ def score_records(records: list[dict[str, Any]], images: list[Any] | None = None
     if vqa:
         out["vqa"] = {**score_vqa({"ground_truth": r["ground_truth"], "answer": r["answer"]} for r in vqa),
                       "chance": chance}
+        by_question = score_by_question(vqa)
+        if by_question:  # beside the paper's table, which text-only records (score_text_records) also give
+            out["vqa_by_question"] = by_question
     captions = [(r["attrs"], r["answer"]) for r in records if r.get("task") == "caption"]
     if captions:
         out["caption"] = _caption_table(captions)
@@ -69,6 +73,26 @@ def score_records(records: list[dict[str, Any]], images: list[Any] | None = None
     if feature_reader is not None:
         out.update(score_features(records, feature_reader))
     return out
+
+
+def score_by_question(vqa: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean VQA score per asked attribute (attrs["attribute"]: weather_pos and battery_pos apart).
+
+    The paper's types pool both corners as "position"; a transfer study that hides one corner (spec.Bias)
+    needs that corner's score alone. Records without the asked attribute are left out.
+    """
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for r in vqa:
+        attribute = (r.get("attrs") or {}).get("attribute")
+        if not isinstance(attribute, str):
+            continue
+        kind, value = score_answer(r["ground_truth"], r["answer"])
+        if kind is None:
+            continue
+        sums[attribute] = sums.get(attribute, 0.0) + value
+        counts[attribute] = counts.get(attribute, 0) + 1
+    return {a: sums[a] / counts[a] for a in sorted(sums)}
 
 
 def _caption_table(pairs: Sequence[tuple[dict[str, Any], str]]) -> dict[str, Any]:

@@ -15,18 +15,20 @@ train, 10 % val, 10 % test). A draw whose identity belongs to another split is r
 stream, so two splits can never share a watch.
 
 Knowledge transfer (the study did not release its recipe; this is the project's design). A `Bias` names
-one attribute (``weather`` or ``battery``) and a mode:
+one attribute (``weather``, ``battery``, or a corner: ``weather_pos``, ``battery_pos``) and a mode:
 
 * ``hidden``: understanding data (vqa questions and captions) never asks about or states the attribute's
-  value. Its *position* questions stay: they say where the icon is, not what it shows.
+  value. Hiding weather or battery keeps their *position* questions: they say where the icon is, not
+  what it shows. Hiding a corner keeps the questions about what the icon shows.
 * ``only_value``: the attribute is asked about / stated only on watches where it has the given value
-  (weather: one name, default ``sunny``; battery: an inclusive range ``"LO-HI"``, default ``"0-49"``);
+  (weather: one name, default ``sunny``; battery: an inclusive range ``"LO-HI"``, default ``"0-49"``;
+  a corner: one corner name, default ``top-left``);
   on every other watch the understanding data is silent about it.
 
 Generation prompts are never biased: when a bias is active, every generation description states the biased
 attribute (its clause is always included instead of with p = 0.5), so the knowledge is available only
-through generation data. A "what" question that would ask about a hidden attribute asks uniformly about
-one of the remaining attributes instead. Sources apply the bias to training data only by default, so
+through generation data. A "what" (or "where") question that would ask about a hidden attribute asks
+uniformly about one of the remaining "what" (or "where") attributes instead. Sources apply the bias to training data only by default, so
 validation and test questions measure the transfer.
 """
 from __future__ import annotations
@@ -37,6 +39,9 @@ import numpy as np
 
 WEATHERS = ("sunny", "cloudy", "raining")
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+# What a Bias may hide: the attributes with a clause of their own that are not the time (every description
+# states the time, so hiding it would leave captions without a clause).
+BIAS_ATTRIBUTES = ("weather", "battery", "weather_pos", "battery_pos")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 HOURS = 13  # 0..12 inclusive, as in the study
 _SPLIT_RANGES = {"train": (0, 800), "val": (800, 900), "test": (900, 1000)}  # per-mille buckets
@@ -112,14 +117,19 @@ class Bias:
     value: str | None = None
 
     def __post_init__(self) -> None:
-        if self.attribute not in ("weather", "battery"):
-            raise ValueError(f"Bias.attribute {self.attribute!r}: expected 'weather' or 'battery'")
+        if self.attribute not in BIAS_ATTRIBUTES:
+            raise ValueError(f"Bias.attribute {self.attribute!r}: expected one of {BIAS_ATTRIBUTES}")
         if self.mode not in ("hidden", "only_value"):
             raise ValueError(f"Bias.mode {self.mode!r}: expected 'hidden' or 'only_value'")
         if self.mode == "only_value":
             self._allowed()  # validates `value` early
 
     def _allowed(self) -> set:
+        if self.attribute in ("weather_pos", "battery_pos"):
+            value = self.value or "top-left"
+            if value not in CORNERS:
+                raise ValueError(f"Bias.value {value!r}: expected one of {CORNERS} for {self.attribute}")
+            return {value}
         if self.attribute == "weather":
             value = self.value or "sunny"
             if value not in WEATHERS:

@@ -158,7 +158,8 @@ def _ask(spec: WatchSpec, rng: np.random.Generator, hidden: set[str]) -> tuple[s
         allowed = [a for a in WHAT if a not in hidden]
         attribute = allowed[int(rng.integers(len(allowed)))]
     else:
-        attribute = WHERE[int(rng.integers(len(WHERE)))]
+        allowed = [a for a in WHERE if a not in hidden]
+        attribute = allowed[int(rng.integers(len(allowed)))]
     question = QUESTIONS[attribute][int(rng.integers(len(QUESTIONS[attribute])))]
     return attribute, question, attribute_value(spec, attribute)
 
