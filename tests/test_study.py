@@ -81,6 +81,17 @@ def test_bad_grid_files_are_refused_with_the_reason(tmp_path, monkeypatch, spec,
         load_grid(grid)
 
 
+def test_override_args_get_the_runs_seed(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"recipes": ["recipes/quickstart.yaml"], "seeds": [3, 4], "overrides": {
+        "scratch": ["--model.init_args.init_from=null"],
+        "warm": ["--model.init_args.init_from=runs/stage1_seed{seed}/last.ckpt"]}}))
+    runs = {r.name: r.fit for r in load_grid(grid).runs}
+    assert "--model.init_args.init_from=runs/stage1_seed4/last.ckpt" in runs["quickstart_warm_seed4"]
+    assert "--model.init_args.init_from=null" in runs["quickstart_scratch_seed3"]
+
+
 def _fake_test_run(folder: Path, seed: int, mix: str, value: float, alpha: float) -> Path:
     model = {"class_path": "zoo.model.variants.SharedSpaceVLM", "init_args": {"alpha": alpha}}
     folder.mkdir(parents=True)

@@ -14,7 +14,7 @@ The grid file (YAML mapping; only `recipes` is required):
                                        # omitted: the recipe's own mix
     overrides:                         # named sets of extra LightningCLI args (a list, or one string
       base: []                         #   split like a shell line); omitted: one set, no extra args
-      lr3: [--model.init_args.lr, "3e-3"]
+      lr3: [--model.init_args.lr, "3e-3"]   # `{seed}` in an override is the run's seed, as in seed_args
     seeds: [0, 1, 2]                   # `--seed_everything=S` each; omitted: the recipe's seed
     seed_args: ["--data.init_args.seed={seed}"]   # more per-seed args ({seed} replaced); default none
     args: [--trainer.limit_train_batches, "0.2"]  # extra fit args of every run; default none
@@ -233,7 +233,7 @@ def load_grid(file: str | os.PathLike, out: str | None = None) -> Grid:
                     run_name = "_".join(_name(p) for p in parts)
                     fit = [sys.executable, "-m", "tools.cli", "fit", "--config", str(recipe)]
                     fit += ["--data.init_args.mix", mix_value] if mix_value is not None else []
-                    fit += [*common, *extra]
+                    fit += [*common, *(a.replace("{seed}", str(seed)) if seed is not None else a for a in extra)]
                     if seed is not None:
                         fit += [f"--seed_everything={seed}", *(a.replace("{seed}", str(seed)) for a in seed_args)]
                     fit += [f"{LOGGER}save_dir", str(runs_dir), f"{LOGGER}name", run_name, f"{LOGGER}version", "0",
