@@ -351,3 +351,24 @@ def test_vqa_scores_by_asked_attribute_keep_the_corners_apart():
     scores = score_records(records)
     assert scores["vqa"]["position"] == pytest.approx(2 / 3)  # the paper's type pools both corners
     assert scores["vqa_by_question"] == {"battery_pos": 1.0, "time": 1.0, "weather_pos": 0.5}
+
+
+@pytest.mark.parametrize("size", [64, 96, 224])
+def test_part_boxes_hold_every_pixel_their_attribute_changes(size):
+    from dataclasses import replace
+
+    from datamodules.smartwatch.render import part_boxes
+
+    for i in range(6):
+        spec = sample_watch(3, "val", i)
+        boxes = part_boxes(spec, size)
+        for part, other in (("weather", {"weather": next(w for w in WEATHERS if w != spec.weather)}),
+                            ("battery", {"battery": (spec.battery + 37) % 101})):
+            changed_spec = replace(spec, **other)
+            changed = np.argwhere(np.asarray(render_watch(spec, size)) != np.asarray(render_watch(changed_spec, size)))
+            assert len(changed), (part, i)
+            # a battery box is as wide as its text: the changed pixels lie in the union of both watches' boxes
+            inside = np.zeros(len(changed), dtype=bool)
+            for x0, y0, x1, y1 in (boxes[part], part_boxes(changed_spec, size)[part]):
+                inside |= (changed[:, 0] >= y0) & (changed[:, 0] < y1) & (changed[:, 1] >= x0) & (changed[:, 1] < x1)
+            assert inside.all(), (part, i, changed[~inside][:5])

@@ -309,3 +309,38 @@ def test_settings_groups_keep_the_flat_arguments():
     assert [g["initial_lr"] for g in optimizer.param_groups] == [1e-3, 2e-3]
     assert model.hparams["lr"] == 1e-3 and model.hparams["eval_max_new_tokens"] == 7  # checkpoints keep flat names
     assert [type(c) for c in model.configure_callbacks()] == [EvalWriter]  # test/predict outputs, any trainer
+
+
+def test_emphasis_maps_weigh_the_written_tokens_of_their_patches(samples):
+    from datamodules.smartwatch.render import part_boxes
+    from datamodules.smartwatch.spec import sample_watch
+
+    model = _model("vq-vq").eval()
+    weighted = SmartWatchSource(train=4, val=2, test=2, seed=0, size=64, emphasis={"weather": 9.0})
+    emphasised = [weighted.sample("train", i) for i in range(6)]
+    assert [bool(s.emphasis) for s in emphasised] == [s.task == "generation" for s in emphasised]
+    assert model.processor(samples)["write_weights"] is None  # no maps: the plain objective
+    batch = model.processor(emphasised)
+    weights = batch["write_weights"]
+    n = model.write_space.num_tokens
+    side = int(n ** 0.5)
+    assert weights.shape == (2, n)
+    for row, image in enumerate((0, 1)):  # the generation samples are items 0 and 3: images 0 and 1
+        x0, y0, x1, y1 = part_boxes(sample_watch(0, "train", image), 64)["weather"]
+        cell = 64 // side
+        inside = {(r, c) for r in range(side) for c in range(side)
+                  if r * cell < y1 and (r + 1) * cell > y0 and c * cell < x1 and (c + 1) * cell > x0}
+        grid = weights[row].view(side, side)
+        assert all(grid[r, c] > 1 for r, c in inside) and grid.sum() == pytest.approx(n + 8 * 12 * 12 / cell**2)
+        assert all(grid[r, c] == 1 for r in range(side) for c in range(side) if (r, c) not in inside)
+    with torch.no_grad():
+        plain_out, out = model(model.processor(samples)), model(batch)
+    assert torch.equal(plain_out["image_loss"], out["image_loss"])  # the maps change the objective only
+    _, parts = model.loss(out)
+    total, _ = model.loss(out)
+    expected = parts["text_loss"] + model.alpha * (out["image_weight"] * out["image_loss"]).mean()
+    assert torch.allclose(total, expected) and not torch.allclose(total, model.loss(plain_out)[0])
+    with pytest.raises(ValueError, match="emphasis part 'hands'"):
+        SmartWatchSource(train=4, val=2, test=2, emphasis={"hands": 2.0})
+    with pytest.raises(ValueError, match="2 emphasis maps for 1 images"):
+        Sample("generation", emphasised[0].turns, emphasised[0].images, emphasis=[None, None]).validate()

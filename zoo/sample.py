@@ -20,6 +20,9 @@ class Sample:
     `images` holds the PIL images in the order their markers appear across all turns.
     `image_keys` are stable identifiers of those images (for caches of pre-encoded codes).
     `attrs` carries ground truth for evaluation (e.g. the watch attributes); models never read it.
+    `emphasis`, aligned with `images` (or empty: none): for an image the model writes, an [H, W] array of
+    pixel weights (>= 0; None = uniform). The model weighs each written token's loss by the mean weight of
+    its patch, so a source can point the generation loss at small parts that carry a stated attribute.
     """
 
     task: str
@@ -27,6 +30,7 @@ class Sample:
     images: list[Image.Image] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)
     image_keys: list[str] = field(default_factory=list)
+    emphasis: list[Any] = field(default_factory=list)
 
     @property
     def image(self) -> Image.Image | None:
@@ -50,6 +54,8 @@ class Sample:
             markers += turn["content"].count(IMAGE_MARKER)
         if markers != len(self.images):
             raise ValueError(f"{where}: {markers} {IMAGE_MARKER} markers but {len(self.images)} images")
+        if self.emphasis and len(self.emphasis) != len(self.images):
+            raise ValueError(f"{where}: {len(self.emphasis)} emphasis maps for {len(self.images)} images")
         written = sum(t["content"].count(IMAGE_MARKER) for t in self.turns if t["role"] == "assistant")
         if self.task == "generation" and written == 0:
             raise ValueError(f"{where}: generation sample without {IMAGE_MARKER} in an assistant turn")

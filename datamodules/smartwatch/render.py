@@ -144,6 +144,25 @@ def _hands(draw: ImageDraw.ImageDraw, spec: WatchSpec, size: int) -> None:
     draw.ellipse([c - cap, c - cap, c + cap, c + cap], fill=WHITE)
 
 
+def _battery_box(spec: WatchSpec, size: int, lay: dict[str, int]) -> tuple[int, int, int, int]:
+    """The (x0, y0, x1, y1) pixel box of the battery block (text and bar) as `_battery` places it."""
+    text_w, text_h = _text_mask(f"{spec.battery}%", lay["font"]).size
+    block_w = max(text_w, lay["bar_w"] + max(1, lay["bar_w"] // 12))
+    block_h = text_h + lay["gap"] + lay["bar_h"]
+    x, y = _corner_origin(spec.battery_pos, block_w, block_h, size, lay["margin"])
+    return x, y, x + block_w, y + block_h
+
+
+def part_boxes(spec: WatchSpec, size: int = 224) -> dict[str, tuple[int, int, int, int]]:
+    """Where `render_watch` draws each part: {"weather", "battery", "dial"} -> (x0, y0, x1, y1), x1/y1 exclusive."""
+    lay = _layout(size)
+    icon = lay["icon"]
+    x, y = _corner_origin(spec.weather_pos, icon, icon, size, lay["margin"])
+    c, r = size / 2, 0.4 * size
+    dial = (math.floor(c - r), math.floor(c - r), math.ceil(c + r) + 1, math.ceil(c + r) + 1)
+    return {"weather": (x, y, x + icon, y + icon), "battery": _battery_box(spec, size, lay), "dial": dial}
+
+
 def render_watch(spec: WatchSpec, size: int = 224) -> Image.Image:
     """Draw `spec` as a `size` x `size` RGB image (byte-identical for the same spec and size)."""
     if size < 32:

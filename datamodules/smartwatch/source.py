@@ -8,24 +8,53 @@ from typing import Any
 from zoo.sample import Sample
 
 from ..base import SampleSource
-from .render import render_watch
-from .spec import SPLIT_CODES, Bias, sample_watch
+import numpy as np
+
+from .render import part_boxes, render_watch
+from .spec import SPLIT_CODES, Bias, WatchSpec, sample_watch
 from .tasks import TASK_CODES, conversation
 
 DEFAULT_IMAGES = {"train": 60_000, "val": 200, "test": 200}
 UNDERSTANDING = ("vqa", "caption")
 
 
-def watch_sample(seed: int, split: str, index: int, task: str, size: int = 224, bias: Bias | None = None) -> Sample:
+EMPHASIS_PARTS = ("weather", "battery", "dial")
+
+
+def check_emphasis(emphasis: dict[str, float] | None, where: str = "SmartWatchSource") -> None:
+    """Raise ValueError naming `where` unless `emphasis` maps watch parts (EMPHASIS_PARTS) to weights >= 0."""
+    for part, weight in (emphasis or {}).items():
+        if part not in EMPHASIS_PARTS:
+            raise ValueError(f"{where}: emphasis part {part!r}; expected one of {EMPHASIS_PARTS}")
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight >= 0:
+            raise ValueError(f"{where}: emphasis[{part!r}] must be a number >= 0, got {weight!r}")
+
+
+def emphasis_map(spec: WatchSpec, size: int, emphasis: dict[str, float]) -> np.ndarray:
+    """[size, size] pixel weights: 1 everywhere, `emphasis[part]` inside that part's box (where two boxes
+    meet, the part named later in `emphasis` wins)."""
+    weights = np.ones((size, size), dtype=np.float32)
+    boxes = part_boxes(spec, size)
+    for part, weight in emphasis.items():
+        x0, y0, x1, y1 = boxes[part]
+        weights[max(0, y0):y1, max(0, x0):x1] = float(weight)
+    return weights
+
+
+def watch_sample(seed: int, split: str, index: int, task: str, size: int = 224, bias: Bias | None = None,
+                 emphasis: dict[str, float] | None = None) -> Sample:
     """The `task` Sample of watch (seed, split, index), rendered at `size` px.
 
     `bias` shapes understanding samples only; generation prompts then always state the biased attribute.
+    `emphasis` ({part: weight}) gives a generation sample's written image a loss-weight map (Sample.emphasis).
     """
     spec = sample_watch(seed, split, index)
     turns, extra = conversation(spec, seed, split, index, task, bias)
     attrs: dict[str, Any] = {**spec.to_dict(), **extra, "seed": seed, "split": split, "index": index, "task": task}
     key = f"smartwatch/{seed}/{split}/{index}/{size}"
-    return Sample(task=task, turns=turns, images=[render_watch(spec, size)], attrs=attrs, image_keys=[key])
+    weights = [emphasis_map(spec, size, emphasis)] if emphasis and task == "generation" else []
+    return Sample(task=task, turns=turns, images=[render_watch(spec, size)], attrs=attrs, image_keys=[key],
+                  emphasis=weights)
 
 
 class LazySamples(Sequence):
@@ -51,7 +80,10 @@ class SmartWatchSource(SampleSource):
     three splits never coincide (see `spec`). `bias` applies to understanding samples of `bias_splits`
     (training only by default, so validation and test still ask about everything). `reader` (a pixel
     AttributeReader's weights) scores decoded generated images; `feature_reader` (a FeatureReader trained on
-    the model's write space) scores generated continuous features; None skips either.
+    the model's write space) scores generated continuous features; None skips either. `emphasis`
+    ({"weather" | "battery" | "dial": weight}) weighs the generation loss on the pixels of those parts
+    (every split, so val/loss stays the training objective); e.g. {weather: 10} for the one code that shows
+    the weather kind, which an unweighted loss leaves unlearned (issue 12's notes).
     """
 
     def __init__(
@@ -67,6 +99,7 @@ class SmartWatchSource(SampleSource):
         tasks: Sequence[str] = ("generation", "vqa", "caption"),
         reader: str | None = "zoo/assets/readers/reader-64.safetensors",
         feature_reader: str | None = None,
+        emphasis: dict[str, float] | None = None,
     ):
         counts = dict(DEFAULT_IMAGES)
         counts.update(images or {})
@@ -86,6 +119,8 @@ class SmartWatchSource(SampleSource):
             raise ValueError(f"SmartWatchSource: need seed >= 0 and size >= 32, got seed={seed}, size={size}")
         self.counts, self.seed, self.size = counts, seed, size
         self.bias, self.bias_splits, self.task_names = bias, tuple(bias_splits), tuple(tasks)
+        check_emphasis(emphasis)
+        self.emphasis = dict(emphasis) if emphasis else None
         # Readers score generated watches (see `evaluate`); None turns that part of the scoring off.
         from .reader import resolve_reader_path
 
@@ -123,7 +158,7 @@ class SmartWatchSource(SampleSource):
 
     def _build(self, split: str, index: int, task: str) -> Sample:
         bias = self.bias if split in self.bias_splits else None
-        return watch_sample(self.seed, split, index, task, self.size, bias)
+        return watch_sample(self.seed, split, index, task, self.size, bias, self.emphasis)
 
     def sample(self, split: str, index: int) -> Sample:
         """Item `index` of `split`: task ``tasks[index % k]`` of image ``index // k``."""

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import zlib
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
@@ -32,7 +35,8 @@ class UnifiedProcessor:
     ``<image_out>`` + ``<eoi>``. Labels are the assistant tokens of the chat template's mask (incl. EOS,
     ``<boi>`` and ``<eoi>``; with `train_on_inputs` every text token) and -100 elsewhere, image positions included. Images go out as pixels
     (``space.preprocess``) or, for the side whose space is ``code_cache.space``, as cached codes: the batch
-    keys are ``read_pixels``/``read_codes``/``read_features`` and ``write_pixels``/``write_codes``/``write_features``.
+    keys are ``read_pixels``/``read_codes``/``read_features`` and ``write_pixels``/``write_codes``/``write_features``,
+    plus ``write_weights`` [n_written, N] (per-token loss weights from the samples' `emphasis`, or None).
     ``token_ids`` keeps the tokenizer's names ("image" reads, "image_out" writes; zoo/model/unified.py says why).
     """
 
@@ -133,9 +137,9 @@ class UnifiedProcessor:
     def _encode(
         self, sample: Sample, turns: list[dict[str, str]], add_generation_prompt: bool, where: str
     ) -> tuple[torch.Tensor, torch.Tensor, list[Image.Image], list[str], list[Image.Image], list[str]]:
-        """(input_ids [T], labels [T], read images, their keys, written images, their keys) of one sample."""
+        """(input_ids [T], labels [T], read images, their keys, written images, their keys, their emphasis maps)."""
         sample.validate(where)
-        read_imgs, read_keys, write_imgs, write_keys = self._split_images(sample, turns, where)
+        read_imgs, read_keys, write_imgs, write_keys, write_emphasis = self._split_images(sample, turns, where)
         if read_imgs and self.read_space is None:
             raise ValueError(f"{where}: reads {len(read_imgs)} image(s) but the processor has no read space")
         if write_imgs and self.write_space is None:
@@ -170,16 +174,16 @@ class UnifiedProcessor:
             ids[block[:, -1]] = labels[block[:, -1]] = t["eoi"]
         if ids.numel() > self.max_length:
             raise ValueError(f"{where}: {ids.numel()} tokens after image expansion > max_length {self.max_length}")
-        return ids, labels, read_imgs, read_keys, write_imgs, write_keys
+        return ids, labels, read_imgs, read_keys, write_imgs, write_keys, write_emphasis
 
     @staticmethod
     def _split_images(
         sample: Sample, turns: list[dict[str, str]], where: str
-    ) -> tuple[list[Image.Image], list[str], list[Image.Image], list[str]]:
-        """The images of `turns` split into read (user) and written (assistant), in marker order."""
+    ) -> tuple[list[Image.Image], list[str], list[Image.Image], list[str], list[Any]]:
+        """The images of `turns` split into read (user) and written (assistant, with their emphasis maps)."""
         if sample.image_keys and len(sample.image_keys) != len(sample.images):
             raise ValueError(f"{where}: {len(sample.image_keys)} image_keys for {len(sample.images)} images")
-        read_imgs, read_keys, write_imgs, write_keys = [], [], [], []
+        read_imgs, read_keys, write_imgs, write_keys, write_emphasis = [], [], [], [], []
         k = 0
         for turn in turns:
             for _ in range(turn["content"].count(IMAGE_MARKER)):
@@ -191,8 +195,9 @@ class UnifiedProcessor:
                 else:
                     write_imgs.append(image)
                     write_keys.append(key)
+                    write_emphasis.append(sample.emphasis[k] if sample.emphasis else None)
                 k += 1
-        return read_imgs, read_keys, write_imgs, write_keys
+        return read_imgs, read_keys, write_imgs, write_keys, write_emphasis
 
     # --- batch --------------------------------------------------------------------------------------------
 
@@ -213,12 +218,34 @@ class UnifiedProcessor:
         write_keys = [k for r in rows for k in r[5]]
         read_pixels, read_cached = self._side(self.read_space, read_imgs, read_keys)
         write_pixels, write_cached = self._side(self.write_space, write_imgs, write_keys)
-        out = {"read_pixels": read_pixels, "write_pixels": write_pixels}
+        out = {"read_pixels": read_pixels, "write_pixels": write_pixels,
+               "write_weights": self._token_weights([m for r in rows for m in r[6]])}
         for side, space, cached in (("read", self.read_space, read_cached), ("write", self.write_space, write_cached)):
             discrete = space is not None and space.discrete
             out[f"{side}_codes"] = cached if discrete else None
             out[f"{side}_features"] = None if discrete else cached  # a continuous space's cached features
         return out
+
+    def _token_weights(self, maps: list[Any]) -> torch.Tensor | None:
+        """[n_written, N] loss weights: each emphasis map averaged over the write space's token patches
+        (ones for images without a map); None when no written image has one."""
+        if all(m is None for m in maps):
+            return None
+        n = self.write_space.num_tokens
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"emphasis maps need a square token grid; the write space has {n} tokens per image")
+        pooled = []
+        for i, m in enumerate(maps):
+            if m is None:
+                pooled.append(torch.ones(n))
+                continue
+            grid = torch.as_tensor(np.asarray(m, dtype=np.float32))
+            if grid.ndim != 2 or grid.shape[0] != grid.shape[1] or grid.shape[0] < side or bool((grid < 0).any()):
+                raise ValueError(f"written image {i}: emphasis must be a square [H, W] map of weights >= 0 with "
+                                 f"H >= {side}, got shape {tuple(grid.shape)}")
+            pooled.append(F.adaptive_avg_pool2d(grid[None, None], side).flatten())
+        return torch.stack(pooled)
 
     def _side(
         self, space: ImageSpace | None, images: list[Image.Image], keys: list[str]

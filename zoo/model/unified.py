@@ -189,6 +189,8 @@ class UnifiedVLM(Configurable, L.LightningModule):
             image_sel = write_pos[:, 1:]  # the position before each written image token
             out["image_loss"] = self.image_loss(self.head(hidden[image_sel]), targets)
             out["image_sample"] = sample_of[image_sel]
+            if batch.get("write_weights") is not None:  # the samples' emphasis maps, per written token
+                out["image_weight"] = batch["write_weights"].to(out["image_loss"]).flatten()
         return out
 
     def embed_inputs(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -296,13 +298,18 @@ class UnifiedVLM(Configurable, L.LightningModule):
         """(text CE + alpha x image loss, {"text_loss": mean, "image_loss": mean}) of `forward`'s output.
 
         The objective training and validation log; tests and the bench call it instead of restating it.
+        With per-token weights (`image_weight`, from samples' emphasis maps) the objective's image term is the
+        mean of weight x loss: emphasised tokens add gradient without taking any from the rest. The logged
+        `image_loss` stays the unweighted mean, comparable across runs with and without emphasis.
         """
         text = out["text_loss"]
         parts = {"text_loss": text.mean() if text.numel() else text.sum()}  # no text target: 0, not NaN
         total = parts["text_loss"]
         if "image_loss" in out:
             parts["image_loss"] = out["image_loss"].mean()
-            total = total + self.alpha * parts["image_loss"]
+            weight = out.get("image_weight")
+            image_term = parts["image_loss"] if weight is None else (weight * out["image_loss"]).mean()
+            total = total + self.alpha * image_term
         return total, parts
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
