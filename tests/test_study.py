@@ -81,6 +81,15 @@ def test_bad_grid_files_are_refused_with_the_reason(tmp_path, monkeypatch, spec,
         load_grid(grid)
 
 
+def test_only_selects_runs_by_name_pattern(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    main(["study", str(EXAMPLE), "--dry-run", "--out", str(tmp_path / "grid"), "--only", "vq-vq_mixed_*"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * 3 and all("vq-vq_mixed_" in line and "siglip" not in line for line in lines)
+    with pytest.raises(ValueError, match="matches none"):
+        main(["study", str(EXAMPLE), "--dry-run", "--out", str(tmp_path / "grid"), "--only", "nope*"])
+
+
 def test_override_args_get_the_runs_seed(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     grid = tmp_path / "grid.yaml"

@@ -41,6 +41,9 @@ newest checkpoint in version_0/checkpoints (or starts from scratch when there is
 config.yaml is kept when the rerun's config is the same (tools/lightning_cli.py SafeSaveConfig). A failed
 run is reported with its log path and the others go on; the command exits with status 1 if any failed.
 
+`--only PATTERN` runs (or prints) only the runs whose name matches a shell pattern (`"vq-vq-mixed_*"`); the
+others wait for another invocation, and the report covers every finished run.
+
 `--dry-run` prints each run's command line, `--emit-commands FILE` writes them one per line; nothing runs.
 Each line is self-contained shell (POSIX sh): it changes to this directory, skips a run whose done.json
 exists, appends to the run's log.txt, and writes done.json when fit and test succeeded, so a SLURM array
@@ -56,6 +59,7 @@ compute can be stated (grid wall vs the sum of run walls).
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -393,7 +397,7 @@ def _walls(run: Run) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------- the command
 def study(file: str, workers: int = 1, threads: int | None = None, dry_run: bool = False,
-          emit_commands: str | None = None, out: str | None = None) -> str:
+          emit_commands: str | None = None, out: str | None = None, only: str | None = None) -> str:
     """Run a declared grid of `unizoo fit` + `unizoo test` runs, N at a time and resumably, then report it.
 
     The report's cells are recipe x mix x override set, with the mean and 95 % interval over seeds.
@@ -410,8 +414,15 @@ def study(file: str, workers: int = 1, threads: int | None = None, dry_run: bool
         emit_commands: write the command lines to this file, one per line (for a SLURM array or any
             launcher); run nothing.
         out: the grid folder (default: the file's `out`, else runs/study/<name>).
+        only: run (or print) only the runs whose name matches this shell pattern, e.g. "vq-vq-mixed_*";
+            the report still covers every finished run of the grid.
     """
     grid = load_grid(file, out)
+    selected = grid.runs
+    if only is not None:
+        selected = [r for r in grid.runs if fnmatch.fnmatchcase(r.name, only)]
+        if not selected:
+            raise ValueError(f"study: --only {only!r} matches none of {[r.name for r in grid.runs]}")
     if workers < 1:
         raise ValueError(f"study: --workers must be >= 1, got {workers}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -419,7 +430,7 @@ def study(file: str, workers: int = 1, threads: int | None = None, dry_run: bool
     if threads < 1:
         raise ValueError(f"study: --threads must be >= 1, got {threads}")
     if dry_run or emit_commands:
-        lines = [command_line(r, threads) for r in grid.runs]
+        lines = [command_line(r, threads) for r in selected]
         if emit_commands:
             target = Path(emit_commands)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -428,10 +439,10 @@ def study(file: str, workers: int = 1, threads: int | None = None, dry_run: bool
         if dry_run:
             print("\n".join(lines))
         return str(emit_commands or "")
-    return _run_grid(grid, workers, threads)
+    return _run_grid(grid, workers, threads, {r.name for r in selected})
 
 
-def _run_grid(grid: Grid, workers: int, threads: int) -> str:
+def _run_grid(grid: Grid, workers: int, threads: int, selected: set[str] | None = None) -> str:
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -444,9 +455,12 @@ def _run_grid(grid: Grid, workers: int, threads: int) -> str:
     for run in grid.runs:
         if run.done.is_file():
             results[run.name] = {"status": "skipped"}
+        elif selected is not None and run.name not in selected:
+            results[run.name] = {"status": "not selected"}  # --only: left for another invocation
         else:
             todo.append(run)
-    console.print(f"study {grid.name}: {len(grid.runs)} runs ({len(results)} already done, {len(todo)} to run), "
+    console.print(f"study {grid.name}: {len(grid.runs)} runs ({len(results)} already done or not selected, "
+                  f"{len(todo)} to run), "
                   f"{workers} worker(s) x {threads} thread(s), folder {grid.out}")
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console) as progress:
@@ -477,8 +491,9 @@ def _run_grid(grid: Grid, workers: int, threads: int) -> str:
     failed = [r for r in grid.runs if results[r.name]["status"] == "failed"]
     summary_path = _write_summary(grid, results, workers, threads, started, wall)
     _report(grid, results, console, summary_path)
-    ran = len(grid.runs) - sum(r["status"] == "skipped" for r in results.values())
-    console.print(f"study {grid.name}: {len(grid.runs) - len(failed)}/{len(grid.runs)} runs done "
+    ran = sum(r["status"] in ("done", "failed") for r in results.values())
+    finished = sum(r.done.is_file() for r in grid.runs)
+    console.print(f"study {grid.name}: {finished}/{len(grid.runs)} runs done "
                   f"({ran} run now, {len(failed)} failed) in {wall:.0f} s; summary {summary_path}")
     for run in failed:
         console.print(f"  failed: {run.name}: {results[run.name]['error']}; log: {run.log}", markup=False, highlight=False)
