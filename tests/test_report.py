@@ -159,6 +159,16 @@ def test_mix_labels_and_bad_dirs(tmp_path):
     cfg["data"]["init_args"]["extra"] = {"understanding": 33000, "generation": 0}
     (extra / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert load_run(extra, []).mix == "mixed +extra(understanding=33000)"
+    # A mix that selects nothing the sources make: all training data is `extra`, so the label says "none".
+    cfg["data"]["init_args"]["mix"] = {"generation": 0}
+    cfg["data"]["init_args"]["extra"] = {"generation": 28000}
+    cfg["data"]["init_args"]["sources"] = [{"class_path": "datamodules.smartwatch.source.SmartWatchSource",
+                                            "init_args": {"tasks": ["generation"]}}]
+    (extra / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert load_run(extra, []).mix == "none +extra(generation=28000)"
+    cfg["data"]["init_args"]["sources"][0]["init_args"]["tasks"] = ["generation", "vqa"]  # now VQA is selected
+    (extra / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert load_run(extra, []).mix == "understanding +extra(generation=28000)"
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="empty.*neither config.yaml nor eval/metrics.json"):

@@ -88,8 +88,19 @@ def mix_of(data: dict[str, Any]) -> str:
         return f"invalid mix ({err})"
     name = next((k for k, v in PRESETS.items() if v == table), None)
     label = name or "custom(" + ", ".join(f"{k}={v}" for k, v in table.items() if v != 1.0) + ")"
+    if not _tasks_selected(table, args.get("sources")):
+        label = "none"  # e.g. {generation: 0} over generation-only sources: all training data is `extra`
     extra = {k: v for k, v in (args.get("extra") or {}).items() if v}
     return label + ("" if not extra else " +extra(" + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) + ")")
+
+
+def _tasks_selected(table: dict[str, float], sources: Any) -> bool:
+    """Whether the mix selects a task some source produces (True when a source does not declare its tasks)."""
+    declared = [((s or {}).get("init_args") or {}).get("tasks") for s in sources or [] if isinstance(s, dict)]
+    if not declared or any(tasks is None for tasks in declared):
+        return True
+    produced = {task for tasks in declared for task in tasks}
+    return any(v > 0 and task in produced for task, v in table.items())
 
 
 def flatten_metrics(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
