@@ -131,4 +131,21 @@ def test_attributes_reports_a_gap_per_stated_attribute(tmp_path):
     assert [r["attribute"] for r in result["rows"]] == list(measure_attributes.ATTRIBUTES)
     for row in result["rows"]:
         assert 1 <= row["images"] <= 4 and row["gap"] == pytest.approx(row["changed_loss"] - row["own_loss"], abs=1e-4)
+        # the part's loss counts each token by its share of the box: positive, and below the whole image's
+        assert row["part"] == measure_attributes.PART[row["attribute"]]
+        assert 0 < row["part_own_loss"] < row["own_loss"]
     assert (tmp_path / "m" / "attributes-run.json").is_file()
+
+
+def test_part_mask_covers_exactly_the_parts_box():
+    from datamodules.smartwatch.evaluate import spec_from_attrs
+    from datamodules.smartwatch.render import part_boxes
+    from datamodules.smartwatch.source import SmartWatchSource
+
+    source = SmartWatchSource(train=1, val=6, test=1, size=64, seed=3)
+    sample = next(s for s in (source.sample("val", i) for i in range(6)) if s.task == "generation")
+    for part in ("weather", "battery", "dial"):
+        mask = measure_attributes.with_part_mask(sample, part, 64).emphasis[0]
+        x0, y0, x1, y1 = part_boxes(spec_from_attrs(sample.attrs, "t"), 64)[part]
+        assert mask.sum() == (min(x1, 64) - max(0, x0)) * (min(y1, 64) - max(0, y0)) and mask.max() == 1.0
+        assert mask[max(0, y0):y1, max(0, x0):x1].all()
