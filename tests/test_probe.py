@@ -60,6 +60,27 @@ def test_missing_checkpoint_is_named(tmp_path):
         find_checkpoint(tmp_path)
 
 
+def test_a_study_run_folder_leads_to_its_fit_version(tmp_path):
+    """OUT/runs/NAME holds version_0/ (the fit) and test/ (no checkpoints): both the checkpoint and the
+    data seed come from version_0."""
+    import yaml
+
+    from tools.probe import _watch_source
+
+    run = tmp_path / "name_seed2"
+    for version in ("version_0", "version_1"):
+        (run / version / "checkpoints").mkdir(parents=True)
+        (run / version / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        seed = int(version[-1]) + 5
+        (run / version / "config.yaml").write_text(yaml.safe_dump(
+            {"data": {"init_args": {"sources": [{"init_args": {"seed": seed, "size": 48}}]}}}))
+    (run / "test").mkdir()
+    (run / "test" / "config.yaml").write_text("{}")
+    assert find_checkpoint(run) == run / "version_1" / "checkpoints" / "last.ckpt"
+    model = type("M", (), {"read_space": None})()
+    assert _watch_source(run, model) == (6, 48)
+
+
 def test_linear_probe_reads_separable_features_and_tsne_keeps_clusters():
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(120) % 3

@@ -124,9 +124,20 @@ def linear_probe(x: torch.Tensor, labels: torch.Tensor, classes: int, epochs: in
 
 
 # ----------------------------------------------------------------------------------------- the run
-def find_checkpoint(run: str | Path) -> Path:
-    """The checkpoint of a run: a .ckpt path itself, <run>/checkpoints/last.ckpt, or its config's ckpt_path."""
+def run_dir(run: str | Path) -> Path:
+    """The Lightning run folder of `run`: itself, or for a folder above one (a `unizoo study` run,
+    OUT/runs/NAME, holding version_0/ and test/) its newest version_N/ that holds checkpoints."""
     path = Path(run)
+    if not path.is_dir() or (path / "config.yaml").is_file() or (path / "checkpoints").is_dir():
+        return path
+    versions = [d for d in path.glob("version_*") if (d / "checkpoints").is_dir() and d.name[8:].isdigit()]
+    return max(versions, key=lambda d: int(d.name[8:])) if versions else path
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """The checkpoint of a run: a .ckpt path itself, <run>/checkpoints/last.ckpt, or its config's ckpt_path
+    (`run` may also be the folder above a version_N/, as `unizoo study` writes)."""
+    path = run_dir(run)
     if path.is_file():
         return path
     candidates = [path / "checkpoints" / "last.ckpt"]
@@ -139,8 +150,8 @@ def find_checkpoint(run: str | Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise ValueError(f"probe: no checkpoint for run {str(path)!r} (looked for checkpoints/last.ckpt, "
-                     "the config's ckpt_path and checkpoints/*.ckpt)")
+    raise ValueError(f"no checkpoint for run {str(path)!r} (looked for checkpoints/last.ckpt, "
+                     "the config's ckpt_path, checkpoints/*.ckpt and version_N/checkpoints/)")
 
 
 def _watch_source(run: Path, model: Any) -> tuple[int, int]:
@@ -156,6 +167,7 @@ def _watch_source(run: Path, model: Any) -> tuple[int, int]:
         protocol = get_entry(str(run)[len(ZOO_PREFIX):]).card.test_protocol or {}
         data = (protocol.get("data") or {}).get("init_args") or {}
     else:
+        run = run_dir(run)
         config = run / "config.yaml" if run.is_dir() else run.parent.parent / "config.yaml"
         if config.is_file():
             data = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("init_args") or {}
