@@ -154,7 +154,8 @@ def test_pretrained_weights_are_tags_of_their_architecture():
             assert not _unset(_spec(arch), _spec(entry)), f"{name} is not {arch.name}: {_unset(_spec(arch), _spec(entry))}"
         # a model that is an architecture of the table says so (and no other one)
         assert matching == ({entry.architecture} if entry.architecture else set()), (name, matching)
-    vq_vq = ["smartwatch-vq-vq-drawing", "smartwatch-vq-vq-drawing-generation", "smartwatch-vq-vq-study"]
+    vq_vq = ["smartwatch-vq-vq-drawing", "smartwatch-vq-vq-drawing-generation", "smartwatch-vq-vq-drawing-weather",
+             "smartwatch-vq-vq-study"]
     assert list_pretrained("smartwatch-vq-vq*") == {"vq-vq.study": vq_vq}  # the drawing models are tags too
     assert list_pretrained("vq-vq.*") == {"vq-vq.study": vq_vq}
     with pytest.raises(ValueError, match="smartwatch-vq-vq-study"):
