@@ -25,6 +25,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "readme-table": "tools.zoo_cmd:readme_table",
     },
     "report": "tools.report:report",
+    "compare": "tools.report_compare:compare",
     "bench": "tools.bench:bench",
     "generate": "tools.generate:generate",
     "quickstart": "tools.quickstart:quickstart",
