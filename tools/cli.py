@@ -26,6 +26,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     },
     "report": "tools.report:report",
     "compare": "tools.report_compare:compare",
+    "keep": "tools.keep_results:keep",
     "bench": "tools.bench:bench",
     "generate": "tools.generate:generate",
     "quickstart": "tools.quickstart:quickstart",

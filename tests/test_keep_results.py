@@ -1,0 +1,55 @@
+"""`unizoo keep`: a grid's results copied into git with project paths made relative; bad folders refused."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tools.keep_results import keep
+
+
+def _grid(root, name="g"):
+    grid = root / "runs" / "study" / name
+    for run, tests in (("a_seed0", ("test",)), ("a_seed1", ("test", "test1500")), ("b_seed0", ())):
+        for t in tests:
+            (grid / "runs" / run / t / "eval").mkdir(parents=True)
+            (grid / "runs" / run / t / "eval" / "metrics.json").write_text(
+                json.dumps({"vqa": {"total": 0.5}, "protocol": {"reader": f"{root}/zoo/r.safetensors"}}))
+        (grid / "runs" / run / "version_0").mkdir(parents=True, exist_ok=True)
+    (grid / "study.json").write_text(json.dumps({"name": name, "out": str(grid), "command": f"unizoo study {root}/x.yaml"}))
+    (grid / "report.md").write_text(f"# report\n![f]({grid}/mix.png)\n")
+    (grid / "mix.png").write_bytes(b"\x89PNG fake")
+    return grid
+
+
+def test_keep_copies_results_with_relative_paths(tmp_path):
+    grid = _grid(tmp_path)
+    dest = tmp_path / "docs" / "results" / "g"
+    (dest / "measure").mkdir(parents=True)
+    (dest / "measure" / "attributes.json").write_text("{}")  # hand-kept: must survive a re-keep
+    (dest / "stale.json").write_text("{}")  # from an older keep: must go
+    assert keep(str(grid), root=str(tmp_path)) == str(dest)
+    kept = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert kept == ["measure/attributes.json", "mix.png", "report.md", "runs/a_seed0/test-metrics.json",
+                    "runs/a_seed1/test-metrics.json", "runs/a_seed1/test1500-metrics.json", "study.json"]
+    study = json.loads((dest / "study.json").read_text())
+    assert study["out"] == "runs/study/g" and study["command"] == "unizoo study x.yaml"
+    metrics = json.loads((dest / "runs" / "a_seed1" / "test1500-metrics.json").read_text())
+    assert metrics["protocol"]["reader"] == "zoo/r.safetensors" and metrics["vqa"]["total"] == 0.5
+    assert str(tmp_path) not in (dest / "report.md").read_text()
+    assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_keep_refuses_what_is_not_a_tested_grid(tmp_path):
+    with pytest.raises(ValueError, match="has no study.json"):
+        keep(str(tmp_path), root=str(tmp_path))
+    grid = _grid(tmp_path)
+    (grid / "study.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a study record"):
+        keep(str(grid), root=str(tmp_path))
+    empty = tmp_path / "runs" / "study" / "empty"
+    (empty / "runs").mkdir(parents=True)
+    (empty / "study.json").write_text(json.dumps({"name": "empty"}))
+    with pytest.raises(ValueError, match="no run of .* has test metrics"):
+        keep(str(empty), root=str(tmp_path))
+    assert not (tmp_path / "docs" / "results" / "empty").exists()

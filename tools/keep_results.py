@@ -1,0 +1,69 @@
+"""`unizoo keep OUT`: copy a grid's quoted results out of runs/ (not in git) into docs/results/<name>/.
+
+What is kept (docs/results/README.md): the grid's report.md, summary.json and study.json as `unizoo
+study` wrote them, compare.md/compare.json of any `unizoo compare` written into the grid folder, every
+run's `test*/eval/metrics.json` as `runs/<run>/<test dir>-metrics.json`, and the grid's PNG figures.
+Paths under the project root are written relative to it, so the copy reads the same on any clone. The
+copy is written to a temporary folder and moved into place, so a failed keep leaves the old copy whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT_FILES = ("report.md", "summary.json", "study.json", "compare.md", "compare.json")
+
+
+def _relative_text(text: str, root: Path) -> str:
+    """`text` with the absolute project root removed from every path in it."""
+    return text.replace(str(root.resolve()) + os.sep, "").replace(str(root.resolve()), ".")
+
+
+def keep(grid: str, dest: str | None = None, root: str | None = None) -> str:
+    """Copy grid folder `grid`'s report, study record and per-run test metrics to `dest` (docs/results/<name>).
+
+    Args:
+        grid: a `unizoo study` output folder (holding study.json and runs/).
+        dest: where to write; default docs/results/<the grid's name> under the project root.
+        root: the project root whose absolute path is stripped from the copied text (default: this checkout).
+    """
+    grid_dir, base = Path(grid), Path(root) if root else ROOT
+    study_file = grid_dir / "study.json"
+    if not study_file.is_file():
+        raise ValueError(f"keep: {grid_dir} has no study.json; give a `unizoo study` output folder")
+    try:
+        name = json.loads(study_file.read_text())["name"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"keep: {study_file} is not a study record with a 'name' ({err})") from err
+    target = Path(dest) if dest else base / "docs" / "results" / name
+    metrics = sorted((grid_dir / "runs").glob("*/test*/eval/metrics.json"))
+    if not metrics:
+        raise ValueError(f"keep: no run of {grid_dir} has test metrics (runs/*/test*/eval/metrics.json)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        for file_name in TEXT_FILES:
+            if (grid_dir / file_name).is_file():
+                (staging / file_name).write_text(_relative_text((grid_dir / file_name).read_text(), base))
+        for png in sorted(grid_dir.glob("*.png")):
+            shutil.copy2(png, staging / png.name)
+        for file in metrics:
+            run, test_dir = file.parents[2].name, file.parents[1].name
+            out = staging / "runs" / run / f"{test_dir}-metrics.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(_relative_text(file.read_text(), base))
+        # measure/ is written by hand (`unizoo measure` outputs quoted beside the grid): carried over, not rebuilt.
+        if (target / "measure").is_dir():
+            shutil.copytree(target / "measure", staging / "measure")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    print(f"keep: {target} ({len(metrics)} run test metrics)")
+    return str(target)
