@@ -26,7 +26,7 @@ def test_compare_pairs_by_seed_not_by_order(tmp_path):
     for seed, v in control.items():
         _run(tmp_path / "c", f"run-{seed}", SIGLIP, "mixed", seed, _metrics(v))
     md = compare(str(tmp_path / "t" / "*" / "version_0"), str(tmp_path / "c" / "*" / "version_0"),
-                 out=str(tmp_path / "out"), metrics=["vqa/total", "vqa/time"])
+                 out=str(tmp_path / "out"), metrics=["vqa/total", "vqa/time"], names=("emphasis", "plain"))
     summary = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert summary["seeds"] == [0, 1, 2]
     assert any("seeds [3] have no partner" in n for n in summary["notes"])
@@ -43,6 +43,8 @@ def test_compare_pairs_by_seed_not_by_order(tmp_path):
     assert rows["vqa/time"]["difference"]["values"] == pytest.approx([d / 2 for d in diff])
     text = open(md).read()
     assert "| vqa/total | 0.900 / 0.600 / 0.800 |" in text and "+0.400 / -0.100 / +0.100" in text
+    assert "| metric | emphasis per seed | emphasis | plain per seed |" in text and "Control runs (plain)" in text
+    assert (tmp_path / "out" / "compare.png").stat().st_size > 1000
 
 
 def test_compare_refuses_what_it_cannot_pair(tmp_path):
@@ -57,6 +59,9 @@ def test_compare_refuses_what_it_cannot_pair(tmp_path):
     with pytest.raises(ValueError, match="no metric is reported"):
         compare(str(tmp_path / "t" / "a" / "version_0"), str(tmp_path / "d" / "a" / "version_0"),
                 out=str(tmp_path / "o"), metrics=["caption/"])
+    with pytest.raises(ValueError, match="names must be two"):
+        compare(str(tmp_path / "c" / "a" / "version_0"), str(tmp_path / "d" / "a" / "version_0"),
+                out=str(tmp_path / "o"), names=("only one",))
     with pytest.raises(ValueError, match="matches no run dir"):
         compare(str(tmp_path / "nothing*"), str(tmp_path / "d" / "a" / "version_0"), out=str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()  # nothing half-written

@@ -8,7 +8,8 @@ per-seed values with their mean and 95 % t interval, the paired differences with
 differences are positive, and the exact two-sided sign-test p value of that count (with 3 seeds the
 smallest possible is 0.25: three of three positive is not evidence on its own).
 
-Writes OUT/compare.md and OUT/compare.json and prints the Markdown path.
+Writes OUT/compare.md, OUT/compare.json and OUT/compare.png (each seed's pair joined by a line) and prints
+the Markdown path.
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def _shown(path: str) -> str:
         return path
 
 
+def _called(name: str, role: str) -> str:
+    return "" if name == role else f" ({name})"
+
+
 def _by_seed(runs: list[Run], arm: str) -> dict[int, Run]:
     """The arm's runs keyed by seed; a run without a seed or a seed given twice cannot be paired."""
     out: dict[int, Run] = {}
@@ -62,8 +67,36 @@ def _arm(dirs: list[str] | str, arm: str, notes: list[str]) -> dict[int, Run]:
     return _by_seed(runs, arm)
 
 
+def paired_figure(records: list[dict[str, Any]], names: tuple[str, str], seeds: list[int]) -> Any:
+    """One panel per metric: each seed's control and treatment values joined by a line, means as bars."""
+    from matplotlib.figure import Figure
+
+    cols = min(4, len(records))
+    rows = -(-len(records) // cols)
+    fig = Figure(figsize=(3.2 * cols, 2.8 * rows))
+    for i, rec in enumerate(records):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for j, seed in enumerate(seeds):
+            ax.plot([0, 1], [rec["control"]["values"][j], rec["treatment"]["values"][j]], "o-", color="0.55",
+                    alpha=0.8, lw=1, ms=4, label="one seed" if j == 0 else None)
+        for x, arm in ((0, "control"), (1, "treatment")):
+            half = rec[arm]["half_width"]
+            ax.errorbar([x + 0.08], [rec[arm]["mean"]], yerr=[[half or 0], [half or 0]], fmt="s", color="C0" if x else "C1",
+                        capsize=3, ms=5)
+        d = rec["difference"]
+        interval = "" if d["half_width"] is None else f" ± {d['half_width']:.3f}"
+        ax.set_title(f"{rec['metric']}\ndiff {d['mean']:+.3f}{interval}", fontsize=8)
+        ax.set_xticks([0, 1], [names[1], names[0]], fontsize=8)
+        ax.set_xlim(-0.3, 1.4)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(f"{names[0]} vs {names[1]}, paired by seed (n = {len(seeds)}; squares: mean ± 95 % t interval)",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def compare(treatment: list[str] | str, control: list[str] | str, out: str = "compare",
-            metrics: list[str] | None = None) -> str:
+            metrics: list[str] | None = None, names: tuple[str, str] = ("treatment", "control")) -> str:
     """Treatment minus control per metric, paired by seed: per-seed values, 95 % t intervals, sign counts.
 
     Args:
@@ -71,7 +104,10 @@ def compare(treatment: list[str] | str, control: list[str] | str, out: str = "co
         control: evaluated run dirs of the control arm, one per seed as in `treatment`.
         out: output folder for compare.md and compare.json.
         metrics: metric names or prefixes to keep (`[vqa/, generation_fidelity/hour]`); all shared ones if omitted.
+        names: what the tables and the figure call the two arms (treatment first).
     """
+    if len(names) != 2 or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"compare: names must be two non-empty words (treatment, control), got {names!r}")
     notes: list[str] = []
     treated, controls = _arm(treatment, "treatment", notes), _arm(control, "control", notes)
     seeds = sorted(set(treated) & set(controls))
@@ -106,13 +142,15 @@ def compare(treatment: list[str] | str, control: list[str] | str, out: str = "co
           f"Treatment minus control, paired by seed over seeds {seeds} (n = {len(seeds)}). Cells: per-seed values "
           "in seed order, then mean ± half-width of the 95 % t interval; `> 0`: positive differences; p: exact "
           "two-sided sign test.", "",
-          "Treatment runs: " + ", ".join(f"`{_shown(treated[s].train_id)}`" for s in seeds), "",
-          "Control runs: " + ", ".join(f"`{_shown(controls[s].train_id)}`" for s in seeds), "",
-          _table(["metric", "treatment per seed", "treatment", "control per seed", "control",
+          f"Treatment runs{_called(names[0], 'treatment')}: " + ", ".join(f"`{_shown(treated[s].train_id)}`" for s in seeds), "",
+          f"Control runs{_called(names[1], 'control')}: " + ", ".join(f"`{_shown(controls[s].train_id)}`" for s in seeds), "",
+          _table(["metric", f"{names[0]} per seed", names[0], f"{names[1]} per seed", names[1],
                   "difference per seed", "difference", "> 0", "p"], rows), "",
+          "![paired by seed](compare.png)", "",
           "## Notes", "", *([f"- {n}" for n in notes] or ["- none"]), ""]
+    paired_figure(records, tuple(names), seeds).savefig(out_dir / "compare.png", dpi=110)
     (out_dir / "compare.md").write_text("\n".join(md))
-    summary: dict[str, Any] = {"seeds": seeds, "treatment": [_shown(treated[s].train_id) for s in seeds],
+    summary: dict[str, Any] = {"names": list(names), "seeds": seeds, "treatment": [_shown(treated[s].train_id) for s in seeds],
                                "control": [_shown(controls[s].train_id) for s in seeds], "metrics": records, "notes": notes}
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"compare: {out_dir / 'compare.md'} ({len(seeds)} paired seeds, {len(records)} metrics, {len(notes)} notes)")
