@@ -155,6 +155,7 @@ def test_pretrained_weights_are_tags_of_their_architecture():
         # a model that is an architecture of the table says so (and no other one)
         assert matching == ({entry.architecture} if entry.architecture else set()), (name, matching)
     vq_vq = ["smartwatch-vq-vq-drawing", "smartwatch-vq-vq-drawing-generation", "smartwatch-vq-vq-drawing-weather",
+             "smartwatch-vq-vq-drawing-weather-long",
              "smartwatch-vq-vq-study"]
     assert list_pretrained("smartwatch-vq-vq*") == {"vq-vq.study": vq_vq}  # the drawing models are tags too
     assert list_pretrained("vq-vq.*") == {"vq-vq.study": vq_vq}
