@@ -9,7 +9,8 @@ differences are positive, and the exact two-sided sign-test p value of that coun
 smallest possible is 0.25: three of three positive is not evidence on its own).
 
 Writes OUT/compare.md, OUT/compare.json and OUT/compare.png (each seed's pair joined by a line) and prints
-the Markdown path.
+the Markdown path. Run paths are written as found; `unizoo keep` makes them relative when it copies a
+compare written into a grid folder into docs/results/.
 """
 from __future__ import annotations
 
@@ -30,14 +31,6 @@ def sign_test(positive: int, negative: int) -> float:
         return 1.0
     tail = sum(math.comb(n, k) for k in range(min(positive, negative) + 1)) / 2 ** n
     return min(1.0, 2 * tail)
-
-
-def _shown(path: str) -> str:
-    """`path` relative to the working directory where it lies below it (reports are kept in git)."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return path
 
 
 def _called(name: str, role: str) -> str:
@@ -76,9 +69,8 @@ def paired_figure(records: list[dict[str, Any]], names: tuple[str, str], seeds: 
     fig = Figure(figsize=(3.2 * cols, 2.8 * rows))
     for i, rec in enumerate(records):
         ax = fig.add_subplot(rows, cols, i + 1)
-        for j, seed in enumerate(seeds):
-            ax.plot([0, 1], [rec["control"]["values"][j], rec["treatment"]["values"][j]], "o-", color="0.55",
-                    alpha=0.8, lw=1, ms=4, label="one seed" if j == 0 else None)
+        for low, high in zip(rec["control"]["values"], rec["treatment"]["values"]):
+            ax.plot([0, 1], [low, high], "o-", color="0.55", alpha=0.8, lw=1, ms=4)
         for x, arm in ((0, "control"), (1, "treatment")):
             half = rec[arm]["half_width"]
             ax.errorbar([x + 0.08], [rec[arm]["mean"]], yerr=[[half or 0], [half or 0]], fmt="s", color="C0" if x else "C1",
@@ -142,16 +134,16 @@ def compare(treatment: list[str] | str, control: list[str] | str, out: str = "co
           f"Treatment minus control, paired by seed over seeds {seeds} (n = {len(seeds)}). Cells: per-seed values "
           "in seed order, then mean ± half-width of the 95 % t interval; `> 0`: positive differences; p: exact "
           "two-sided sign test.", "",
-          f"Treatment runs{_called(names[0], 'treatment')}: " + ", ".join(f"`{_shown(treated[s].train_id)}`" for s in seeds), "",
-          f"Control runs{_called(names[1], 'control')}: " + ", ".join(f"`{_shown(controls[s].train_id)}`" for s in seeds), "",
+          f"Treatment runs{_called(names[0], 'treatment')}: " + ", ".join(f"`{treated[s].train_id}`" for s in seeds), "",
+          f"Control runs{_called(names[1], 'control')}: " + ", ".join(f"`{controls[s].train_id}`" for s in seeds), "",
           _table(["metric", f"{names[0]} per seed", names[0], f"{names[1]} per seed", names[1],
                   "difference per seed", "difference", "> 0", "p"], rows), "",
           "![paired by seed](compare.png)", "",
           "## Notes", "", *([f"- {n}" for n in notes] or ["- none"]), ""]
     paired_figure(records, tuple(names), seeds).savefig(out_dir / "compare.png", dpi=110)
     (out_dir / "compare.md").write_text("\n".join(md))
-    summary: dict[str, Any] = {"names": list(names), "seeds": seeds, "treatment": [_shown(treated[s].train_id) for s in seeds],
-                               "control": [_shown(controls[s].train_id) for s in seeds], "metrics": records, "notes": notes}
+    summary: dict[str, Any] = {"names": list(names), "seeds": seeds, "treatment": [treated[s].train_id for s in seeds],
+                               "control": [controls[s].train_id for s in seeds], "metrics": records, "notes": notes}
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"compare: {out_dir / 'compare.md'} ({len(seeds)} paired seeds, {len(records)} metrics, {len(notes)} notes)")
     return str(out_dir / "compare.md")
