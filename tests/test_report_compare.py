@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tests.test_report import SIGLIP, _metrics, _run
+from test_report import SIGLIP, _metrics, _run
 from tools.report_compare import compare, sign_test
 from tools.report_stats import t_quantile
 
