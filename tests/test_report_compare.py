@@ -77,3 +77,21 @@ def test_cli_compare_takes_two_quoted_globs(tmp_path, capsys):
           "--out", str(tmp_path / "out")])
     assert "2 paired seeds" in capsys.readouterr().out
     assert (tmp_path / "out" / "compare.md").is_file()
+
+
+def test_compare_names_a_metric_it_cannot_pair(tmp_path):
+    for seed, (t, c) in enumerate(((0.8, 0.6), (0.9, 0.7))):
+        _run(tmp_path / "t", f"r{seed}", SIGLIP, "mixed", seed, _metrics(t))
+        broken = _metrics(c)
+        if seed == 1:
+            broken["vqa"]["time"] = float("nan")  # json.dumps writes NaN, as a crashed scorer might
+        _run(tmp_path / "c", f"r{seed}", SIGLIP, "mixed", seed, broken)
+    compare(str(tmp_path / "t" / "*" / "version_0"), str(tmp_path / "c" / "*" / "version_0"),
+            out=str(tmp_path / "out"), metrics=["vqa/total", "vqa/time"])
+    summary = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert [r["metric"] for r in summary["metrics"]] == ["vqa/total"]
+    assert "vqa/time: missing or not finite in control seed 1; left out" in summary["notes"]
+    with pytest.raises(ValueError, match="no metric is reported"):
+        compare(str(tmp_path / "t" / "*" / "version_0"), str(tmp_path / "c" / "*" / "version_0"),
+                out=str(tmp_path / "out2"), metrics=["vqa/time"])
+    assert not (tmp_path / "out2").exists()

@@ -110,8 +110,14 @@ def compare(treatment: list[str] | str, control: list[str] | str, out: str = "co
             notes.append(f"{arm} seeds {extra} have no partner; left out")
     finals = {s: (treated[s].final() or {}, controls[s].final() or {}) for s in seeds}
     shared = set.intersection(*(set(t) & set(c) for t, c in finals.values()))
+    some = set.union(*(set(t) | set(c) for t, c in finals.values()))
     if metrics:
-        shared = {m for m in shared if any(m == k or m.startswith(k) for k in metrics)}
+        shared, some = ({m for m in found if any(m == k or m.startswith(k) for k in metrics)} for found in (shared, some))
+    for metric in sorted(some - shared, key=_metric_key):
+        # A metric missing (or not finite: load_run drops NaN) in one paired run cannot be paired: say so.
+        missing = [f"{arm} seed {s}" for s in seeds for arm, final in zip(("treatment", "control"), finals[s])
+                   if metric not in final]
+        notes.append(f"{metric}: missing or not finite in {', '.join(missing)}; left out")
     if not shared:
         raise ValueError(f"compare: no metric is reported by every paired run{' among ' + str(metrics) if metrics else ''}")
     rows, records = [], []
