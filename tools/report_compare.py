@@ -33,6 +33,11 @@ def sign_test(positive: int, negative: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def _selected(found: set[str], metrics: list[str]) -> set[str]:
+    """The metrics of `found` named by one of `metrics`, exactly or as a prefix (`vqa/`)."""
+    return {m for m in found if any(m == k or m.startswith(k) for k in metrics)}
+
+
 def _called(name: str, role: str) -> str:
     return "" if name == role else f" ({name})"
 
@@ -112,7 +117,7 @@ def compare(treatment: list[str] | str, control: list[str] | str, out: str = "co
     shared = set.intersection(*(set(t) & set(c) for t, c in finals.values()))
     some = set.union(*(set(t) | set(c) for t, c in finals.values()))
     if metrics:
-        shared, some = ({m for m in found if any(m == k or m.startswith(k) for k in metrics)} for found in (shared, some))
+        shared, some = _selected(shared, metrics), _selected(some, metrics)
     for metric in sorted(some - shared, key=_metric_key):
         # A metric missing (or not finite: load_run drops NaN) in one paired run cannot be paired: say so.
         missing = [f"{arm} seed {s}" for s in seeds for arm, final in zip(("treatment", "control"), finals[s])
