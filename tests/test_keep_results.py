@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
+from test_report import SIGLIP, _metrics
 from tools.keep_results import keep
+from tools.report_compare import compare
 
 
 def _grid(root, name="g"):
@@ -15,6 +19,7 @@ def _grid(root, name="g"):
             (grid / "runs" / run / t / "eval").mkdir(parents=True)
             (grid / "runs" / run / t / "eval" / "metrics.json").write_text(
                 json.dumps({"vqa": {"total": 0.5}, "protocol": {"reader": f"{root}/zoo/r.safetensors"}}))
+            (grid / "runs" / run / t / "config.yaml").write_text(f"seed_everything: 0\nckpt_path: {grid}/runs/{run}/x.ckpt\n")
         (grid / "runs" / run / "version_0").mkdir(parents=True, exist_ok=True)
     (grid / "study.json").write_text(json.dumps({"name": name, "out": str(grid), "command": f"unizoo study {root}/x.yaml"}))
     (grid / "report.md").write_text(f"# report\n![f]({grid}/mix.png)\n")
@@ -30,12 +35,16 @@ def test_keep_copies_results_with_relative_paths(tmp_path):
     (dest / "stale.json").write_text("{}")  # from an older keep: must go
     assert keep(str(grid), root=str(tmp_path)) == str(dest)
     kept = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
-    assert kept == ["measure/attributes.json", "mix.png", "report.md", "runs/a_seed0/test-metrics.json",
-                    "runs/a_seed1/test-metrics.json", "runs/a_seed1/test1500-metrics.json", "study.json"]
+    assert kept == ["measure/attributes.json", "mix.png", "report.md", "runs/a_seed0/test/config.yaml",
+                    "runs/a_seed0/test/eval/metrics.json", "runs/a_seed1/test/config.yaml",
+                    "runs/a_seed1/test/eval/metrics.json", "runs/a_seed1/test1500/config.yaml",
+                    "runs/a_seed1/test1500/eval/metrics.json", "study.json"]
     study = json.loads((dest / "study.json").read_text())
     assert study["out"] == "runs/study/g" and study["command"] == "unizoo study x.yaml"
-    metrics = json.loads((dest / "runs" / "a_seed1" / "test1500-metrics.json").read_text())
+    metrics = json.loads((dest / "runs" / "a_seed1" / "test1500" / "eval" / "metrics.json").read_text())
     assert metrics["protocol"]["reader"] == "zoo/r.safetensors" and metrics["vqa"]["total"] == 0.5
+    assert (dest / "runs" / "a_seed0" / "test" / "config.yaml").read_text().endswith(
+        "ckpt_path: runs/study/g/runs/a_seed0/x.ckpt\n")
     assert str(tmp_path) not in (dest / "report.md").read_text()
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
 
@@ -53,3 +62,27 @@ def test_keep_refuses_what_is_not_a_tested_grid(tmp_path):
     with pytest.raises(ValueError, match="no run of .* has test metrics"):
         keep(str(empty), root=str(tmp_path))
     assert not (tmp_path / "docs" / "results" / "empty").exists()
+
+
+def test_a_kept_copy_compares_as_the_grid_did(tmp_path):
+    """compare on docs/results/<grid>/runs reads the same arms, seeds and numbers as on runs/ (no runs/ needed)."""
+    grid = tmp_path / "runs" / "study" / "g"
+    values = {("mixed", 0): 0.8, ("mixed", 1): 0.6, ("mixed", 2): 0.9, ("understanding", 0): 0.5,
+              ("understanding", 1): 0.7, ("understanding", 2): 0.4}
+    for (mix, seed), value in values.items():
+        test = grid / "runs" / f"a_{mix}_seed{seed}" / "test"
+        (test / "eval").mkdir(parents=True)
+        config = {"seed_everything": seed, "model": SIGLIP, "ckpt_path": f"{grid}/runs/a_{mix}_seed{seed}/v/last.ckpt",
+                  "data": {"class_path": "datamodules.mixed.MixedTaskDataModule", "init_args": {"mix": mix}}}
+        (test / "config.yaml").write_text(yaml.safe_dump(config))
+        (test / "eval" / "metrics.json").write_text(json.dumps(_metrics(value)))
+    (grid / "study.json").write_text(json.dumps({"name": "g"}))
+    dest = keep(str(grid), root=str(tmp_path))
+    summaries = []
+    for base, out in ((grid, "from-runs"), (Path(dest), "from-kept")):
+        compare(str(base / "runs" / "*_mixed_*" / "test"), str(base / "runs" / "*_understanding_*" / "test"),
+                out=str(tmp_path / out), metrics=["vqa/total"])
+        summaries.append(json.loads((tmp_path / out / "compare.json").read_text()))
+    assert summaries[1]["seeds"] == summaries[0]["seeds"] == [0, 1, 2]
+    assert summaries[1]["metrics"] == summaries[0]["metrics"]
+    assert summaries[1]["metrics"][0]["difference"]["values"] == pytest.approx([0.3, -0.1, 0.5])

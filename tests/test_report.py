@@ -182,3 +182,33 @@ def test_mix_labels_and_bad_dirs(tmp_path):
     report([str(broken), str(only_metrics)], out=str(tmp_path / "o"))
     md = (tmp_path / "o" / "report.md").read_text()
     assert "metrics.json: unreadable" in md and "unknown (bare)" in md and "0.400 (n=1)" in md
+
+
+def test_affine_series_takes_its_s0_point_from_the_aligned_twin(tmp_path):
+    """VQ-VQ (SharedSpaceVLM, same space/backbone/projector) is s = 0 of the MisalignedVLM series; another projector is not."""
+    vq = preset("vq-vq", "tiny")
+    aligned = {"class_path": vq["class_path"], "init_args": {**vq["init_args"], "projector": "linear", "share_projector": True}}
+    other = {"class_path": vq["class_path"], "init_args": {**vq["init_args"], "projector": "mlp", "share_projector": True}}
+    misaligned = _misaligned(0.1)
+    misaligned["init_args"]["share_projector"] = True
+    runs = []
+    for seed, (m, u) in enumerate([(0.6, 0.5), (0.8, 0.6)]):
+        runs.append(_run(tmp_path, f"vq-m-{seed}", aligned, "mixed", seed, _metrics(m)))
+        runs.append(_run(tmp_path, f"vq-u-{seed}", aligned, "understanding", seed, _metrics(u)))
+        runs.append(_run(tmp_path, f"aff-m-{seed}", misaligned, "mixed", seed, _metrics(0.5)))
+        runs.append(_run(tmp_path, f"aff-u-{seed}", misaligned, "understanding", seed, _metrics(0.45)))
+    report([str(r) for r in runs], out=str(tmp_path / "out"))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    affine = {a["strength"]: a for a in summary["affine"]}
+    assert set(affine) == {0.0, 0.1}
+    assert affine[0.0]["mean"] == pytest.approx(0.15) and affine[0.0]["n"] == 2
+    assert affine[0.0]["aligned_twin"].startswith("SharedSpaceVLM(") and affine[0.1]["mean"] == pytest.approx(0.05)
+    assert "| 0 (aligned twin) | 0.150 ± " in (tmp_path / "out" / "report.md").read_text()
+    # the same VQ-VQ with another projector is a different model: no s = 0 point
+    for path in runs[::4] + runs[1::4]:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+        config["model"] = other
+        (path / "config.yaml").write_text(yaml.safe_dump(config))
+    report([str(r) for r in runs], out=str(tmp_path / "out2"))
+    summary = json.loads((tmp_path / "out2" / "summary.json").read_text())
+    assert {a["strength"] for a in summary["affine"]} == {0.1}

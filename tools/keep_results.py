@@ -1,10 +1,13 @@
 """`unizoo keep OUT`: copy a grid's quoted results out of runs/ (not in git) into docs/results/<name>/.
 
 What is kept (docs/results/README.md): the grid's report.md, summary.json and study.json as `unizoo
-study` wrote them, compare.md/compare.json of any `unizoo compare` written into the grid folder, every
-run's `test*/eval/metrics.json` as `runs/<run>/<test dir>-metrics.json`, and the grid's PNG figures.
-Paths under the project root are written relative to it, so the copy reads the same on any clone. The
-copy is written to a temporary folder and moved into place, so a failed keep leaves the old copy whole.
+study` wrote them, compare.md/compare.json of any `unizoo compare` written into the grid folder, the grid's
+PNG figures, and every run's test folder in the layout `unizoo test` wrote: `runs/<run>/<test dir>/
+eval/metrics.json` with the `config.yaml` the test ran with (architecture, mix, seed). Because the layout
+is the original one, `unizoo report` and `unizoo compare` read a kept copy as they read runs/, so a
+comparison can be redone from git after runs/ is gone. Paths under the project root are written relative
+to it, so the copy reads the same on any clone. The copy is written to a temporary folder and moved into
+place, so a failed keep leaves the old copy whole.
 """
 from __future__ import annotations
 
@@ -52,10 +55,12 @@ def keep(grid: str, dest: str | None = None, root: str | None = None) -> str:
         for png in sorted(grid_dir.glob("*.png")):
             shutil.copy2(png, staging / png.name)
         for file in metrics:
-            run, test_dir = file.parents[2].name, file.parents[1].name
-            out = staging / "runs" / run / f"{test_dir}-metrics.json"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(_relative_text(file.read_text(), base))
+            test_dir = file.parents[1]
+            out = staging / "runs" / test_dir.parent.name / test_dir.name
+            (out / "eval").mkdir(parents=True, exist_ok=True)
+            (out / "eval" / "metrics.json").write_text(_relative_text(file.read_text(), base))
+            if (test_dir / "config.yaml").is_file():  # labels the run (seed, mix, model) for report/compare
+                (out / "config.yaml").write_text(_relative_text((test_dir / "config.yaml").read_text(), base))
         # measure/ is written by hand (`unizoo measure` outputs quoted beside the grid): carried over, not rebuilt.
         if (target / "measure").is_dir():
             shutil.copytree(target / "measure", staging / "measure")

@@ -88,6 +88,22 @@ def expand_runs(runs: list[str] | str) -> list[str]:
     return out
 
 
+def aligned_twin(runs: list[Run], family: str) -> str | None:
+    """The s = 0 point of an affine series: the SharedSpaceVLM reading and writing the misaligned family's space.
+
+    MisalignedVLM at strength 0 reads through the identity map (zoo/spaces/affine.py), so it is the shared-space
+    model itself; a twin counts only when its backbone, space and (projector, share_projector) are the same.
+    """
+    prefix = "MisalignedVLM("
+    if not family.startswith(prefix):
+        return None
+    wanted = "SharedSpaceVLM(" + family[len(prefix):]
+    projectors = {r.projector for r in runs if r.family == family}
+    twins = {r.architecture for r in runs if r.family == wanted and r.strength is None and r.projector is not None
+             and r.projector in projectors}
+    return next(iter(twins)) if len(twins) == 1 else None
+
+
 def report(runs: list[str] | str, out: str = "report", probe: str | None = None, probe_images: int = 600,
            groups: dict[str, str] | None = None) -> str:
     """Tables and figures over evaluated runs; or, with --probe ATTRIBUTE, the adapter analysis of one run.
@@ -184,11 +200,25 @@ def report(runs: list[str] | str, out: str = "report", probe: str | None = None,
 
         affine = sorted({(r.family, r.strength, r.architecture) for r in merged if r.strength is not None})
         affine_rows = [(f, s, g) for f, s, a in affine if (g := gain(merged, a, UNDERSTANDING_METRIC, "understanding"))]
+        aligned: dict[str, tuple[str, Stat]] = {}  # family -> (its s = 0 twin, the twin's gain)
+        for family in sorted({f for f, _, _ in affine_rows}):
+            if any(f == family and s == 0 for f, s, _ in affine_rows):
+                continue  # the series has its own s = 0 runs
+            twin = aligned_twin(merged, family)
+            twin_gain = gain(merged, twin, UNDERSTANDING_METRIC, "understanding") if twin else None
+            if twin_gain:
+                aligned[family] = (twin, twin_gain)
+        affine_rows = sorted(affine_rows + [(f, 0.0, g) for f, (_, g) in aligned.items()], key=lambda r: (r[0], r[1]))
+        for family, (twin, _) in sorted(aligned.items()):
+            notes.append(f"affine s = 0 of {family}: the aligned model {twin} (same space, backbone and projector)")
         if affine_rows:
             md += ["## Affine strength vs gain (mixed minus understanding-only)\n",
                    _table(["architecture", "strength", f"{UNDERSTANDING_METRIC} gain"],
-                          [[f, f"{s:g}", g.cell()] for f, s, g in affine_rows]), ""]
-            summary["affine"] = [{"family": f, "strength": s, **g.as_dict()} for f, s, g in affine_rows]
+                          [[f, f"{s:g}" + (" (aligned twin)" if s == 0 and f in aligned else ""), g.cell()]
+                           for f, s, g in affine_rows]), ""]
+            summary["affine"] = [{"family": f, "strength": s, **g.as_dict(),
+                                  **({"aligned_twin": aligned[f][0]} if s == 0 and f in aligned else {})}
+                                 for f, s, g in affine_rows]
             _save(_affine_figure(affine_rows), out_dir, "affine-gain", writer, written)
         elif affine:
             notes.append("affine runs found but none has both mixed and understanding-only results: no gain plot")

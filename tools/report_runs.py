@@ -31,6 +31,8 @@ class Run:
     seed: int | None
     evals: list[tuple[int | None, dict[str, float], str]] = field(default_factory=list)
     chance: dict[str, float] = field(default_factory=dict)
+    projector: tuple[Any, Any] | None = None  # (projector, share_projector) as the config gives them
+
 
     def final(self) -> dict[str, float] | None:
         """Metrics of the final evaluation (no step), else of the latest step."""
@@ -73,6 +75,14 @@ def architecture_of(model: dict[str, Any]) -> tuple[str, str, float | None]:
     if isinstance(strength, (int, float)) and not isinstance(strength, bool):
         return f"{family} s={float(strength):g}", family, float(strength)
     return family, family, None
+
+
+def projector_of(model: dict[str, Any]) -> tuple[Any, Any] | None:
+    """(projector, share_projector) of a `model:` spec as written; None when the config leaves either unset."""
+    args, _ = _legacy.current_arguments(model.get("init_args") or {})
+    if "projector" not in args or "share_projector" not in args:
+        return None
+    return args["projector"], args["share_projector"]
 
 
 def mix_of(data: dict[str, Any]) -> str:
@@ -194,7 +204,8 @@ def load_run(path: str | Path, notes: list[str]) -> Run:
         strength = None
     seed = (config or {}).get("seed_everything")
     run = Run(str(train_dir.resolve()), architecture, family, strength, mix_of((config or {}).get("data") or {}),
-              seed if _is_number(seed) else None)
+              seed if _is_number(seed) else None,
+              projector=projector_of(model) if isinstance(model, dict) else None)
     for sub_step, file in sources:
         metrics = _read(file, notes)
         if metrics is None:
@@ -213,7 +224,7 @@ def merge_runs(runs: list[Run], notes: list[str]) -> list[Run]:
     for run in runs:
         if run.train_id not in merged:
             merged[run.train_id] = Run(run.train_id, run.architecture, run.family, run.strength, run.mix, run.seed,
-                                       chance=dict(run.chance))
+                                       chance=dict(run.chance), projector=run.projector)
         target = merged[run.train_id]
         seen = {e[0]: Path(e[2]).resolve() for e in target.evals}
         for evaluation in run.evals:
