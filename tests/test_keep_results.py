@@ -49,6 +49,21 @@ def test_keep_copies_results_with_relative_paths(tmp_path):
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
+def test_keep_carries_over_runs_kept_by_an_earlier_session(tmp_path):
+    grid = _grid(tmp_path)
+    dest = tmp_path / "docs" / "results" / "g"
+    old = dest / "runs" / "c_seed0" / "test" / "eval"  # kept before; its runs/ folder is gone now
+    old.mkdir(parents=True)
+    (old / "metrics.json").write_text(json.dumps({"vqa": {"total": 0.25}}))
+    stale = dest / "runs" / "a_seed0" / "test" / "eval"  # kept before and rerun now: the new copy wins
+    stale.mkdir(parents=True)
+    (stale / "metrics.json").write_text(json.dumps({"vqa": {"total": 0.0}}))
+    keep(str(grid), root=str(tmp_path))
+    assert json.loads((old / "metrics.json").read_text()) == {"vqa": {"total": 0.25}}
+    assert json.loads((stale / "metrics.json").read_text())["vqa"]["total"] == 0.5
+    assert sorted(p.name for p in (dest / "runs").iterdir()) == ["a_seed0", "a_seed1", "c_seed0"]
+
+
 def test_keep_refuses_what_is_not_a_tested_grid(tmp_path):
     with pytest.raises(ValueError, match="has no study.json"):
         keep(str(tmp_path), root=str(tmp_path))

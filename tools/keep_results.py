@@ -7,7 +7,8 @@ eval/metrics.json` with the `config.yaml` the test ran with (architecture, mix, 
 is the original one, `unizoo report` and `unizoo compare` read a kept copy as they read runs/, so a
 comparison can be redone from git after runs/ is gone. Paths under the project root are written relative
 to it, so the copy reads the same on any clone. The copy is written to a temporary folder and moved into
-place, so a failed keep leaves the old copy whole.
+place, so a failed keep leaves the old copy whole. Runs kept earlier that the grid folder no longer holds
+(runs/ of an earlier session is gone) are carried over; a run present in both is replaced by the new copy.
 """
 from __future__ import annotations
 
@@ -64,11 +65,17 @@ def keep(grid: str, dest: str | None = None, root: str | None = None) -> str:
         # measure/ is written by hand (`unizoo measure` outputs quoted beside the grid): carried over, not rebuilt.
         if (target / "measure").is_dir():
             shutil.copytree(target / "measure", staging / "measure")
+        # runs/ is not in git, so a grid filled over several sessions (or machines) has only this session's runs
+        # on disk: a run kept earlier that the grid folder no longer holds is carried over, not dropped.
+        earlier = [d for d in sorted((target / "runs").glob("*")) if d.is_dir() and not (staging / "runs" / d.name).exists()]
+        for run_dir in earlier:
+            shutil.copytree(run_dir, staging / "runs" / run_dir.name)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    print(f"keep: {target} ({len(metrics)} run test metrics)")
+    carried = f"; {len(earlier)} runs kept earlier carried over" if earlier else ""
+    print(f"keep: {target} ({len(metrics)} run test metrics{carried})")
     return str(target)
