@@ -204,6 +204,11 @@ def test_affine_series_takes_its_s0_point_from_the_aligned_twin(tmp_path):
     assert affine[0.0]["mean"] == pytest.approx(0.15) and affine[0.0]["n"] == 2
     assert affine[0.0]["aligned_twin"].startswith("SharedSpaceVLM(") and affine[0.1]["mean"] == pytest.approx(0.05)
     assert "| 0 (aligned twin) | 0.150 ± " in (tmp_path / "out" / "report.md").read_text()
+    # slope of the per-seed gains on s: points (0, 0.1), (0, 0.2), (0.1, 0.05), (0.1, 0.05) -> -1.0 per unit s
+    trend = summary["affine_slope"][0]
+    assert trend["mean"] == pytest.approx(-1.0) and trend["n"] == 4
+    residual = 2 * 0.05**2  # about the line through (0, 0.15) and (0.1, 0.05); Sxx = 4 * 0.05**2
+    assert trend["half_width"] == pytest.approx(t_quantile(0.975, 2) * (residual / 2 / (4 * 0.05**2)) ** 0.5)
     # the same VQ-VQ with another projector is a different model: no s = 0 point
     for path in runs[::4] + runs[1::4]:
         config = yaml.safe_load((path / "config.yaml").read_text())

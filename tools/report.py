@@ -50,7 +50,7 @@ from tools.report_runs import (  # noqa: F401
     merge_runs,
     mix_of,
 )
-from tools.report_stats import Stat, gain, group_stats, t_quantile  # noqa: F401
+from tools.report_stats import Stat, gain, group_stats, paired_gains, slope, t_quantile  # noqa: F401
 
 MIX_ORDER = ("mixed", "understanding", "generation")
 
@@ -219,6 +219,14 @@ def report(runs: list[str] | str, out: str = "report", probe: str | None = None,
             summary["affine"] = [{"family": f, "strength": s, **g.as_dict(),
                                   **({"aligned_twin": aligned[f][0]} if s == 0 and f in aligned else {})}
                                  for f, s, g in affine_rows]
+            summary["affine_slope"] = []
+            for family in sorted({f for f, _, _ in affine_rows}):
+                arms = [(s, a) for f, s, a in affine if f == family] + ([(0.0, aligned[family][0])] if family in aligned else [])
+                points = [(s, g) for s, a in arms for g in paired_gains(merged, a, UNDERSTANDING_METRIC, "understanding")]
+                if (fit := slope(points)) is not None:  # does the gain shrink as the read side is misaligned more?
+                    md += [f"Gain per unit of s, {family}: {fit.cell()} (least-squares slope over the per-seed gains "
+                           f"at {len(arms)} strengths; 95 % t interval, df = n - 2).", ""]
+                    summary["affine_slope"].append({"family": family, **fit.as_dict()})
             _save(_affine_figure(affine_rows), out_dir, "affine-gain", writer, written)
         elif affine:
             notes.append("affine runs found but none has both mixed and understanding-only results: no gain plot")

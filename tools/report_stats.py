@@ -73,17 +73,38 @@ def group_stats(runs: list[Run]) -> dict[tuple[str, str, str], tuple[Stat, list[
     return {k: (Stat.of(v), seeds[k]) for k, v in values.items()}
 
 
+def _finals(runs: list[Run], architecture: str, mix: str, metric: str) -> dict[Any, float]:
+    """Seed (or run identity when unseeded) -> final `metric` of `architecture`'s runs on `mix`."""
+    return {r.seed if r.seed is not None else id(r): r.final()[metric] for r in runs
+            if r.architecture == architecture and r.mix == mix and metric in (r.final() or {})}
+
+
+def paired_gains(runs: list[Run], architecture: str, metric: str, baseline: str) -> list[float]:
+    """Mixed minus `baseline` mix on `metric`, one value per seed both mixes have (in seed order)."""
+    mixed, base = _finals(runs, architecture, "mixed", metric), _finals(runs, architecture, baseline, metric)
+    return [mixed[s] - base[s] for s in sorted((s for s in mixed if s in base), key=str)]
+
+
 def gain(runs: list[Run], architecture: str, metric: str, baseline: str) -> Stat | None:
     """Mixed minus `baseline` mix on `metric`: paired by seed where seeds match, else difference of means (n=1)."""
-    def finals(mix: str) -> dict[Any, float]:
-        return {r.seed if r.seed is not None else id(r): r.final()[metric] for r in runs
-                if r.architecture == architecture and r.mix == mix and metric in (r.final() or {})}
-
-    mixed, base = finals("mixed"), finals(baseline)
+    mixed, base = _finals(runs, architecture, "mixed", metric), _finals(runs, architecture, baseline, metric)
     if not mixed or not base:
         return None
-    common = [s for s in mixed if s in base]
-    if common:
-        return Stat.of([mixed[s] - base[s] for s in common])
+    if paired := paired_gains(runs, architecture, metric, baseline):
+        return Stat.of(paired)
     return Stat(sum(mixed.values()) / len(mixed) - sum(base.values()) / len(base), None, 1)
+
+
+def slope(points: list[tuple[float, float]]) -> Stat | None:
+    """Least-squares slope of y on x with its 95 % t interval (df = n - 2); None under 3 points or one x."""
+    n = len(points)
+    if n < 3:
+        return None
+    mean_x, mean_y = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    if sxx == 0:
+        return None
+    b = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
+    residual = sum((y - mean_y - b * (x - mean_x)) ** 2 for x, y in points)
+    return Stat(b, t_quantile(0.975, n - 2) * math.sqrt(residual / (n - 2) / sxx), n)
 
