@@ -67,7 +67,8 @@ def keep(grid: str, dest: str | None = None, root: str | None = None) -> str:
             shutil.copytree(target / "measure", staging / "measure")
         # runs/ is not in git, so a grid filled over several sessions (or machines) has only this session's runs
         # on disk: a run kept earlier that the grid folder no longer holds is carried over, not dropped.
-        earlier = [d for d in sorted((target / "runs").glob("*")) if d.is_dir() and not (staging / "runs" / d.name).exists()]
+        earlier = [d for d in sorted((target / "runs").glob("*"))
+                   if d.is_dir() and not (staging / "runs" / d.name).exists()]
         for run_dir in earlier:
             shutil.copytree(run_dir, staging / "runs" / run_dir.name)
         if target.exists():

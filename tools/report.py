@@ -104,6 +104,45 @@ def aligned_twin(runs: list[Run], family: str) -> str | None:
     return next(iter(twins)) if len(twins) == 1 else None
 
 
+AffineRow = tuple[str, float, Stat]  # (family, strength, gain of mixing)
+
+
+def _affine_section(merged: list[Run], summary: dict[str, Any], notes: list[str]) -> tuple[list[str], list[AffineRow]]:
+    """Markdown of affine strength vs gain (s = 0 from the aligned twin when the series has none) and the slope."""
+    affine = sorted({(r.family, r.strength, r.architecture) for r in merged if r.strength is not None})
+    rows = [(f, s, g) for f, s, a in affine if (g := gain(merged, a, UNDERSTANDING_METRIC, "understanding"))]
+    if not rows:
+        if affine:
+            notes.append("affine runs found but none has both mixed and understanding-only results: no gain plot")
+        return [], []
+    aligned: dict[str, tuple[str, Stat]] = {}  # family -> (its s = 0 twin, the twin's gain)
+    for family in sorted({f for f, _, _ in rows}):
+        if any(f == family and s == 0 for f, s, _ in rows):
+            continue  # the series has its own s = 0 runs
+        twin = aligned_twin(merged, family)
+        twin_gain = gain(merged, twin, UNDERSTANDING_METRIC, "understanding") if twin else None
+        if twin_gain:
+            aligned[family] = (twin, twin_gain)
+            notes.append(f"affine s = 0 of {family}: the aligned model {twin} (same space, backbone and projector)")
+    rows = sorted(rows + [(f, 0.0, g) for f, (_, g) in aligned.items()], key=lambda r: (r[0], r[1]))
+    twin_of = {f: twin for f, (twin, _) in aligned.items()}
+    md = ["## Affine strength vs gain (mixed minus understanding-only)\n",
+          _table(["architecture", "strength", f"{UNDERSTANDING_METRIC} gain"],
+                 [[f, f"{s:g}" + (" (aligned twin)" if s == 0 and f in twin_of else ""), g.cell()]
+                  for f, s, g in rows]), ""]
+    summary["affine"] = [{"family": f, "strength": s, **g.as_dict(),
+                          **({"aligned_twin": twin_of[f]} if s == 0 and f in twin_of else {})} for f, s, g in rows]
+    summary["affine_slope"] = []
+    for family in sorted({f for f, _, _ in rows}):
+        arms = [(s, a) for f, s, a in affine if f == family] + ([(0.0, twin_of[family])] if family in twin_of else [])
+        points = [(s, g) for s, a in arms for g in paired_gains(merged, a, UNDERSTANDING_METRIC, "understanding")]
+        if (fit := slope(points)) is not None:  # does the gain shrink as the read side is misaligned more?
+            md += [f"Gain per unit of s, {family}: {fit.cell()} (least-squares slope over the per-seed gains "
+                   f"at {len(arms)} strengths; 95 % t interval, df = n - 2).", ""]
+            summary["affine_slope"].append({"family": family, **fit.as_dict()})
+    return md, rows
+
+
 def report(runs: list[str] | str, out: str = "report", probe: str | None = None, probe_images: int = 600,
            groups: dict[str, str] | None = None) -> str:
     """Tables and figures over evaluated runs; or, with --probe ATTRIBUTE, the adapter analysis of one run.
@@ -198,38 +237,10 @@ def report(runs: list[str] | str, out: str = "report", probe: str | None = None,
         else:
             notes.append("no run has evaluations at two or more steps: no checkpoint curves")
 
-        affine = sorted({(r.family, r.strength, r.architecture) for r in merged if r.strength is not None})
-        affine_rows = [(f, s, g) for f, s, a in affine if (g := gain(merged, a, UNDERSTANDING_METRIC, "understanding"))]
-        aligned: dict[str, tuple[str, Stat]] = {}  # family -> (its s = 0 twin, the twin's gain)
-        for family in sorted({f for f, _, _ in affine_rows}):
-            if any(f == family and s == 0 for f, s, _ in affine_rows):
-                continue  # the series has its own s = 0 runs
-            twin = aligned_twin(merged, family)
-            twin_gain = gain(merged, twin, UNDERSTANDING_METRIC, "understanding") if twin else None
-            if twin_gain:
-                aligned[family] = (twin, twin_gain)
-        affine_rows = sorted(affine_rows + [(f, 0.0, g) for f, (_, g) in aligned.items()], key=lambda r: (r[0], r[1]))
-        for family, (twin, _) in sorted(aligned.items()):
-            notes.append(f"affine s = 0 of {family}: the aligned model {twin} (same space, backbone and projector)")
+        affine_md, affine_rows = _affine_section(merged, summary, notes)
+        md += affine_md
         if affine_rows:
-            md += ["## Affine strength vs gain (mixed minus understanding-only)\n",
-                   _table(["architecture", "strength", f"{UNDERSTANDING_METRIC} gain"],
-                          [[f, f"{s:g}" + (" (aligned twin)" if s == 0 and f in aligned else ""), g.cell()]
-                           for f, s, g in affine_rows]), ""]
-            summary["affine"] = [{"family": f, "strength": s, **g.as_dict(),
-                                  **({"aligned_twin": aligned[f][0]} if s == 0 and f in aligned else {})}
-                                 for f, s, g in affine_rows]
-            summary["affine_slope"] = []
-            for family in sorted({f for f, _, _ in affine_rows}):
-                arms = [(s, a) for f, s, a in affine if f == family] + ([(0.0, aligned[family][0])] if family in aligned else [])
-                points = [(s, g) for s, a in arms for g in paired_gains(merged, a, UNDERSTANDING_METRIC, "understanding")]
-                if (fit := slope(points)) is not None:  # does the gain shrink as the read side is misaligned more?
-                    md += [f"Gain per unit of s, {family}: {fit.cell()} (least-squares slope over the per-seed gains "
-                           f"at {len(arms)} strengths; 95 % t interval, df = n - 2).", ""]
-                    summary["affine_slope"].append({"family": family, **fit.as_dict()})
             _save(_affine_figure(affine_rows), out_dir, "affine-gain", writer, written)
-        elif affine:
-            notes.append("affine runs found but none has both mixed and understanding-only results: no gain plot")
     md += ["## Figures\n", *[f"![{Path(p).stem}]({Path(p).name})" for p in written], ""]
     md += ["## Notes\n", *([f"- {n}" for n in notes] or ["- none"]), ""]
     (out_dir / "report.md").write_text("\n".join(md))

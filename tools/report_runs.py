@@ -33,7 +33,6 @@ class Run:
     chance: dict[str, float] = field(default_factory=dict)
     projector: tuple[Any, Any] | None = None  # (projector, share_projector) as the config gives them
 
-
     def final(self) -> dict[str, float] | None:
         """Metrics of the final evaluation (no step), else of the latest step."""
         if not self.evals:
