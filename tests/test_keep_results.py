@@ -32,10 +32,12 @@ def test_keep_copies_results_with_relative_paths(tmp_path):
     dest = tmp_path / "docs" / "results" / "g"
     (dest / "measure").mkdir(parents=True)
     (dest / "measure" / "attributes.json").write_text("{}")  # hand-kept: must survive a re-keep
+    (dest / "compare-s0.1").mkdir()
+    (dest / "compare-s0.1" / "compare.md").write_text("# kept by hand")  # so must any other hand-written folder
     (dest / "stale.json").write_text("{}")  # from an older keep: must go
     assert keep(str(grid), root=str(tmp_path)) == str(dest)
     kept = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
-    assert kept == ["measure/attributes.json", "mix.png", "report.md", "runs/a_seed0/test/config.yaml",
+    assert kept == ["compare-s0.1/compare.md", "measure/attributes.json", "mix.png", "report.md", "runs/a_seed0/test/config.yaml",
                     "runs/a_seed0/test/eval/metrics.json", "runs/a_seed1/test/config.yaml",
                     "runs/a_seed1/test/eval/metrics.json", "runs/a_seed1/test1500/config.yaml",
                     "runs/a_seed1/test1500/eval/metrics.json", "study.json"]

@@ -62,9 +62,10 @@ def keep(grid: str, dest: str | None = None, root: str | None = None) -> str:
             (out / "eval" / "metrics.json").write_text(_relative_text(file.read_text(), base))
             if (test_dir / "config.yaml").is_file():  # labels the run (seed, mix, model) for report/compare
                 (out / "config.yaml").write_text(_relative_text((test_dir / "config.yaml").read_text(), base))
-        # measure/ is written by hand (`unizoo measure` outputs quoted beside the grid): carried over, not rebuilt.
-        if (target / "measure").is_dir():
-            shutil.copytree(target / "measure", staging / "measure")
+        # Folders other than runs/ are written by hand beside the grid (measure/: `unizoo measure` outputs;
+        # compare-*/: further `unizoo compare` runs over the kept copy): carried over, not rebuilt.
+        for folder in sorted(p for p in target.glob("*") if p.is_dir() and p.name != "runs"):
+            shutil.copytree(folder, staging / folder.name)
         # runs/ is not in git, so a grid filled over several sessions (or machines) has only this session's runs
         # on disk: a run kept earlier that the grid folder no longer holds is carried over, not dropped.
         earlier = [d for d in sorted((target / "runs").glob("*"))
