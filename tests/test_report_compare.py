@@ -95,3 +95,13 @@ def test_compare_names_a_metric_it_cannot_pair(tmp_path):
         compare(str(tmp_path / "t" / "*" / "version_0"), str(tmp_path / "c" / "*" / "version_0"),
                 out=str(tmp_path / "out2"), metrics=["vqa/time"])
     assert not (tmp_path / "out2").exists()
+
+
+def test_compare_writes_run_paths_relative_to_the_working_directory(tmp_path, monkeypatch):
+    for arm, value in (("t", 0.9), ("c", 0.5)):
+        _run(tmp_path / arm, "run-0", SIGLIP, "mixed", 0, _metrics(value))
+    monkeypatch.chdir(tmp_path)
+    compare(str(tmp_path / "t" / "*" / "version_0"), str(tmp_path / "c" / "*" / "version_0"), out="out")
+    summary = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert summary["treatment"] == ["t/run-0/version_0"] and summary["control"] == ["c/run-0/version_0"]
+    assert str(tmp_path) not in (tmp_path / "out" / "compare.md").read_text()

@@ -9,8 +9,8 @@ differences are positive, and the exact two-sided sign-test p value of that coun
 smallest possible is 0.25: three of three positive is not evidence on its own).
 
 Writes OUT/compare.md, OUT/compare.json and OUT/compare.png (each seed's pair joined by a line) and prints
-the Markdown path. Run paths are written as found; `unizoo keep` makes them relative when it copies a
-compare written into a grid folder into docs/results/.
+the Markdown path. Run paths under the working directory are written relative to it, so a compare run
+from the project root over docs/results/ reads the same on any clone.
 """
 from __future__ import annotations
 
@@ -92,6 +92,14 @@ def paired_figure(records: list[dict[str, Any]], names: tuple[str, str], seeds: 
     return fig
 
 
+def _shown(path: str) -> str:
+    """`path` relative to the working directory when it lies under it, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 def compare(treatment: list[str] | str, control: list[str] | str, out: str = "compare",
             metrics: list[str] | None = None, names: tuple[str, str] = ("treatment", "control")) -> str:
     """Treatment minus control per metric, paired by seed: per-seed values, 95 % t intervals, sign counts.
@@ -141,20 +149,21 @@ def compare(treatment: list[str] | str, control: list[str] | str, out: str = "co
                         "positive": positive, "negative": negative, "sign_test_p": p})
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    shown = [[_shown(arm[s].train_id) for s in seeds] for arm in (treated, controls)]
     md = ["# unizoo compare", "",
           f"Treatment minus control, paired by seed over seeds {seeds} (n = {len(seeds)}). Cells: per-seed values "
           "in seed order, then mean ± half-width of the 95 % t interval; `> 0`: positive differences; p: exact "
           "two-sided sign test.", "",
-          f"Treatment runs{_called(names[0], 'treatment')}: " + ", ".join(f"`{treated[s].train_id}`" for s in seeds), "",
-          f"Control runs{_called(names[1], 'control')}: " + ", ".join(f"`{controls[s].train_id}`" for s in seeds), "",
+          f"Treatment runs{_called(names[0], 'treatment')}: " + ", ".join(f"`{path}`" for path in shown[0]), "",
+          f"Control runs{_called(names[1], 'control')}: " + ", ".join(f"`{path}`" for path in shown[1]), "",
           _table(["metric", f"{names[0]} per seed", names[0], f"{names[1]} per seed", names[1],
                   "difference per seed", "difference", "> 0", "p"], rows), "",
           "![paired by seed](compare.png)", "",
           "## Notes", "", *([f"- {n}" for n in notes] or ["- none"]), ""]
     paired_figure(records, tuple(names), seeds).savefig(out_dir / "compare.png", dpi=110)
     (out_dir / "compare.md").write_text("\n".join(md))
-    summary: dict[str, Any] = {"names": list(names), "seeds": seeds, "treatment": [treated[s].train_id for s in seeds],
-                               "control": [controls[s].train_id for s in seeds], "metrics": records, "notes": notes}
+    summary: dict[str, Any] = {"names": list(names), "seeds": seeds, "treatment": shown[0], "control": shown[1],
+                               "metrics": records, "notes": notes}
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"compare: {out_dir / 'compare.md'} ({len(seeds)} paired seeds, {len(records)} metrics, {len(notes)} notes)")
     return str(out_dir / "compare.md")
