@@ -229,3 +229,15 @@ def test_grid_wall_counts_only_this_grid_files_invocations(tmp_path):
     summary = json.loads(_write_summary(grid, {}, 1, 1, "c", 7.0).read_text())
     assert summary["grid_wall_s"] == 12.0 and len(summary["invocations"]) == 3
     assert summary["invocations"][-1]["grid_file"] == str(tmp_path / "this.yaml")
+
+
+def test_grid_wall_counts_overlapping_invocations_once():
+    # two invocations of disjoint --only subsets side by side: 100 s and 60 s starting 50 s apart cover 110 s
+    from tools.study import _covered_seconds
+
+    side_by_side = [{"started": "2026-12-03T10:00:00+00:00", "wall_s": 100.0},
+                    {"started": "2026-12-03T10:00:50+00:00", "wall_s": 60.0},
+                    {"started": "2026-12-03T11:00:00+00:00", "wall_s": 5.0},  # a later, separate invocation
+                    {"started": "2026-12-03T11:00:01+00:00", "wall_s": 1.0}]  # inside the one before
+    assert _covered_seconds(side_by_side) == pytest.approx(115.0)
+    assert _covered_seconds([{"started": "?", "wall_s": 7.0}, *side_by_side[:1]]) == pytest.approx(107.0)

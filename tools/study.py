@@ -502,6 +502,25 @@ def _run_grid(grid: Grid, workers: int, threads: int, selected: set[str] | None 
     return str(summary_path)
 
 
+def _covered_seconds(invocations: list[dict[str, Any]]) -> float:
+    """Seconds during which at least one invocation ran: overlapping invocations (disjoint `--only` subsets
+    run side by side) count their shared time once; one without a readable start time is added whole."""
+    spans, loose = [], 0.0
+    for inv in invocations:
+        try:
+            start = datetime.fromisoformat(str(inv["started"])).timestamp()
+        except (KeyError, ValueError):
+            loose += float(inv.get("wall_s") or 0.0)
+            continue
+        spans.append((start, start + float(inv.get("wall_s") or 0.0)))
+    covered, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered + loose
+
+
 def _write_summary(grid: Grid, results: dict[str, dict[str, Any]], workers: int, threads: int, started: str,
                    wall: float) -> Path:
     """OUT/study.json: every run's status and wall time, and this invocation appended to the earlier ones."""
@@ -527,12 +546,12 @@ def _write_summary(grid: Grid, results: dict[str, dict[str, Any]], workers: int,
     known = [r["wall_s"] for r in runs if r["wall_s"] is not None]
     # Another grid file may share this OUT folder (a subset of seeds, say): its invocations ran other runs,
     # so only this file's count against this file's runs (records without a grid_file predate the key).
-    grid_wall = sum(i["wall_s"] for i in invocations if i.get("grid_file", str(grid.file)) == str(grid.file))
+    grid_wall = _covered_seconds([i for i in invocations if i.get("grid_file", str(grid.file)) == str(grid.file)])
     data = {
         "name": grid.name, "grid_file": str(grid.file), "out": str(grid.out),
         "command": shlex.join(["unizoo", "study", str(grid.file), "--workers", str(workers), "--threads", str(threads)]),
         "workers": workers, "threads": threads,
-        "grid_wall_s": round(grid_wall, 3),  # every invocation of this grid file, added up
+        "grid_wall_s": round(grid_wall, 3),  # time any invocation of this grid file was running (overlaps once)
         "run_wall_s": round(sum(known), 3),  # every attempt of every run, added up (runs timed: runs_timed)
         "runs_timed": len(known), "runs_total": len(runs),
         "parallel_speedup": round(sum(known) / grid_wall, 3) if grid_wall > 0 and known else None,
