@@ -18,11 +18,16 @@ def _kept_test_dir(grid: Path, train_id: str) -> Path:
     return grid / "runs" / path.parent.name / test
 
 
+def _grid_of(summary: Path) -> Path:
+    """The docs/results/<grid> folder a kept compare.json lies in (at its root or in a compare-*/ folder)."""
+    return next(p for p in summary.parents if p.parent == RESULTS)
+
+
 def _reproducible() -> list[Path]:
     """Every kept compare.json whose runs are all kept with the config that labels them (seed, mix)."""
     found = []
     for summary in sorted(RESULTS.glob("*/**/compare.json")):
-        grid = next(p for p in summary.parents if p.parent == RESULTS)
+        grid = _grid_of(summary)
         record = json.loads(summary.read_text())
         dirs = [_kept_test_dir(grid, r) for r in record["treatment"] + record["control"]]
         if all((d / "config.yaml").is_file() and (d / "eval" / "metrics.json").is_file() for d in dirs):
@@ -36,7 +41,7 @@ def test_some_kept_compare_can_be_rechecked():
 
 @pytest.mark.parametrize("summary", _reproducible(), ids=lambda p: str(p.relative_to(RESULTS)))
 def test_kept_compare_reproduces(summary, tmp_path):
-    grid = next(p for p in summary.parents if p.parent == RESULTS)
+    grid = _grid_of(summary)
     record = json.loads(summary.read_text())
     compare([str(_kept_test_dir(grid, r)) for r in record["treatment"]],
             [str(_kept_test_dir(grid, r)) for r in record["control"]], out=str(tmp_path),

@@ -503,8 +503,11 @@ def _run_grid(grid: Grid, workers: int, threads: int, selected: set[str] | None 
 
 
 def _covered_seconds(invocations: list[dict[str, Any]]) -> float:
-    """Seconds during which at least one invocation ran: overlapping invocations (disjoint `--only` subsets
-    run side by side) count their shared time once; one without a readable start time is added whole."""
+    """Seconds during which at least one invocation ran (overlaps counted once).
+
+    Disjoint `--only` subsets run side by side overlap in time; an invocation without a readable start time
+    is added whole.
+    """
     spans, loose = [], 0.0
     for inv in invocations:
         try:
