@@ -51,8 +51,43 @@ def test_report_probe_flag_delegates(monkeypatch, tmp_path):
     monkeypatch.setattr(tools.probe, "probe", lambda *args, **kw: calls.append((args, kw)))
     report(["RUN"], out=str(tmp_path), probe="weather_pos", probe_images=12)
     assert calls == [(("weather_pos", "RUN"), {"images": 12, "out": str(tmp_path)})]
-    with pytest.raises(ValueError, match="exactly one run"):
-        report(["a", "b"], out=str(tmp_path), probe="weather")
+    with pytest.raises(ValueError, match="no runs given"):
+        report([], out=str(tmp_path), probe="weather")
+
+
+def test_probe_over_runs_pools_seeds_per_arm(run_dir, tmp_path):
+    """Several runs: one folder each, and a table per arm (the run name less `_seedN`) over its seeds."""
+    import shutil
+
+    from tools.report import report
+
+    study = tmp_path / "runs"
+    for name in ("und_seed0", "und_seed1", "mixed_seed0"):
+        shutil.copytree(run_dir, study / name / "version_0")
+    out = tmp_path / "probe"
+    md = report([str(study / "*")], out=str(out), probe="weather_pos", probe_images=20)
+    summary = json.loads((out / "probe-weather_pos.json").read_text())
+    assert sorted(summary["runs"]) == ["mixed_seed0", "und_seed0", "und_seed1"]
+    assert sorted(summary["arms"]) == ["mixed", "und"]
+    und = [summary["runs"][f"und_seed{s}"]["features"]["mean_token"]["accuracy"] for s in (0, 1)]
+    assert summary["arms"]["und"]["mean_token"]["mean"] == pytest.approx(sum(und) / 2)
+    assert summary["arms"]["und"]["mean_token"]["n"] == 2 and summary["arms"]["mixed"]["mean_token"]["n"] == 1
+    for name in summary["runs"]:
+        assert (out / name / "probe-weather_pos.png").is_file()
+    text = (out / "probe-weather_pos.md").read_text()
+    assert md.endswith("probe-weather_pos.md") and "| und |" in text and "(n=2)" in text and "| mixed_seed0 |" in text
+    with pytest.raises(ValueError, match="share the name"):
+        report([str(study / "und_seed0"), str(study / "und_seed0" / "version_0")], out=str(out), probe="weather")
+
+
+def test_run_names_and_arms():
+    from tools.probe_runs import arm_of, run_name
+
+    assert run_name("runs/study/f3/runs/vq-vq_mixed_seed2") == "vq-vq_mixed_seed2"
+    assert run_name("runs/x/vq_seed1/version_0") == "vq_seed1"
+    assert run_name("runs/x/vq_seed1/version_0/checkpoints/last.ckpt") == "vq_seed1"
+    assert arm_of("vq-vq-mixed_understanding_scratch_seed12") == ("vq-vq-mixed_understanding_scratch", 12)
+    assert arm_of("quickstart") == ("quickstart", None)
 
 
 def test_missing_checkpoint_is_named(tmp_path):

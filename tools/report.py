@@ -145,7 +145,7 @@ def _affine_section(merged: list[Run], summary: dict[str, Any], notes: list[str]
 
 def report(runs: list[str] | str, out: str = "report", probe: str | None = None, probe_images: int = 600,
            groups: dict[str, str] | None = None) -> str:
-    """Tables and figures over evaluated runs; or, with --probe ATTRIBUTE, the adapter analysis of one run.
+    """Tables and figures over evaluated runs; or, with --probe ATTRIBUTE, the adapter analysis of the runs.
 
     Writes OUT/report.md (mixed vs understanding-only vs generation-only per architecture, mean and 95 %
     t interval over seeds; cross-task gains; checkpoint curves; affine strength vs gain), OUT/summary.json,
@@ -158,15 +158,20 @@ def report(runs: list[str] | str, out: str = "report", probe: str | None = None,
     Args:
         runs: run dirs (runs/<name>/version_N/) with config.yaml and eval/metrics.json, or glob patterns.
         out: output folder.
-        probe: an attribute (weather, weather_pos, battery_pos, hour, ...) to probe in the single run given.
+        probe: an attribute (weather, weather_pos, battery_pos, hour, ...) to probe: one run writes OUT/probe-ATTRIBUTE.*;
+            several write OUT/<run name>/ each and OUT/probe-ATTRIBUTE.md pooled per arm (tools/probe_runs.py).
         probe_images: fresh test watches rendered for the probe.
         groups: a row label per run dir, in place of its architecture (`unizoo study` labels each run by
             its recipe and override set): runs of one label and mix pool over seeds.
     """
     runs = expand_runs(runs)
     if probe is not None:
-        if len(runs) != 1:
-            raise ValueError(f"report --probe takes exactly one run, got {len(runs)}: {runs}")
+        if not runs:
+            raise ValueError("report --probe: no runs given")
+        if len(runs) > 1:  # one folder per run and a table pooled per arm over seeds
+            from tools.probe_runs import probe_runs
+
+            return probe_runs(probe, runs, images=probe_images, out=out)
         from tools.probe import probe as run_probe
 
         run_probe(probe, runs[0], images=probe_images, out=out)
