@@ -122,6 +122,41 @@ def test_report_tables_and_figures(study, tmp_path):
     assert any("partial" in n and "no metrics" in n for n in summary["notes"])
 
 
+def test_checkpoint_curves_pool_seeds_per_step(tmp_path):
+    """The data-scaling curve: each cell's seeds pooled per checkpoint step (t interval by hand), the metrics
+    chosen by name or prefix, one figure each."""
+    runs = []
+    for seed, (early, late) in enumerate([(0.40, 0.60), (0.50, 0.70)]):
+        run = _run(tmp_path, f"c-{seed}", SIGLIP, "mixed", seed, _metrics(0.9))
+        for step, value in ((100, early), (200, late)):
+            (run / f"eval-step{step:06d}").mkdir()
+            metrics = {**_metrics(value), "vqa_by_question": {"weather_pos": value / 2, "battery_pos": 1.0}}
+            (run / f"eval-step{step:06d}" / "metrics.json").write_text(json.dumps(metrics))
+        runs.append(run)
+    out = tmp_path / "out"
+    report([str(r) for r in runs], out=str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    pooled = {c["metric"]: c for c in summary["pooled_curves"]}
+    assert list(pooled) == ["vqa/total"]
+    points = pooled["vqa/total"]["points"]
+    assert [p["step"] for p in points] == [100, 200] and [p["n"] for p in points] == [2, 2]
+    assert points[0]["mean"] == pytest.approx(0.45) and points[1]["mean"] == pytest.approx(0.65)
+    assert points[0]["half_width"] == pytest.approx(12.7062 * 0.070711 / 2**0.5, rel=1e-4)
+    md = (out / "report.md").read_text()
+    assert "vqa/total (chance 0.430), mean over seeds per checkpoint step" in md
+    assert "| 0.450 ± 0.635 (n=2) | 0.650 ± 0.635 (n=2) |" in md
+    assert (out / "curve-pooled-vqa-total.png").stat().st_size > 1000
+
+    report([str(r) for r in runs], out=str(out), curve_metrics=["vqa_by_question/", "vqa/weather"])
+    summary = json.loads((out / "summary.json").read_text())
+    pooled = {c["metric"]: c for c in summary["pooled_curves"]}
+    assert sorted(pooled) == ["vqa/weather", "vqa_by_question/battery_pos", "vqa_by_question/weather_pos"]
+    assert [p["mean"] for p in pooled["vqa_by_question/weather_pos"]["points"]] == pytest.approx([0.225, 0.325])
+    assert (out / "curve-pooled-vqa-by-question-weather-pos.png").is_file()
+    report([str(r) for r in runs], out=str(out), curve_metrics=["no/such"])
+    assert any("none is evaluated" in n for n in json.loads((out / "summary.json").read_text())["notes"])
+
+
 def test_cli_takes_one_run_a_glob_a_list_or_many_words(study, tmp_path):
     from tools.cli import main
 

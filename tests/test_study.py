@@ -241,3 +241,59 @@ def test_grid_wall_counts_overlapping_invocations_once():
                     {"started": "2026-12-03T11:00:01+00:00", "wall_s": 1.0}]  # inside the one before
     assert _covered_seconds(side_by_side) == pytest.approx(115.0)
     assert _covered_seconds([{"started": "?", "wall_s": 7.0}, *side_by_side[:1]]) == pytest.approx(107.0)
+
+
+def test_curve_tests_every_checkpoint_also_when_added_to_a_finished_grid(tmp_path, monkeypatch):
+    """`curve: true` on a grid that already ran: the rerun tests each intermediate checkpoint into
+    test-stepNNNNNN/ (final test not redone), the report pools them per step, a third run does nothing,
+    and the emitted shell line does the same tests."""
+    import subprocess
+
+    from test_reliability_resume import smoke_recipe
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("UNIZOO_DEBUG", raising=False)
+    recipe = smoke_recipe(tmp_path, steps=4, every=2, images=8)
+    spec = yaml.safe_load(recipe.read_text())
+    spec["trainer"]["callbacks"][0]["init_args"].update({"save_top_k": -1, "filename": "step{step:05d}", "auto_insert_metric_name": False})
+    recipe.write_text(yaml.safe_dump(spec, sort_keys=False))
+    grid_file, out = tmp_path / "grid.yaml", tmp_path / "grid"
+    grid = {"name": "curve", "out": str(out), "recipes": [str(recipe)], "seeds": [0]}
+    grid_file.write_text(yaml.safe_dump(grid))
+    command = ["study", str(grid_file), "--workers", "1", "--threads", "1"]
+    main(command)
+    run = out / "runs" / "recipe_seed0"
+    assert (run / "done.json").is_file() and not list(run.glob("test-step*"))
+    assert sorted(p.name for p in (run / "version_0" / "checkpoints").glob("step*.ckpt")) == ["step00002.ckpt", "step00004.ckpt"]
+
+    grid_file.write_text(yaml.safe_dump({**grid, "curve": True, "curve_args": ["--data.init_args.max_eval_samples", "1"]}))
+    main(command)
+    assert sorted(p.name for p in run.glob("test-step*")) == ["test-step000002", "test-step000004"]
+    for step in ("000002", "000004"):
+        config = yaml.safe_load((run / f"test-step{step}" / "config.yaml").read_text())
+        assert config["ckpt_path"].endswith(f"step0{step[2:]}.ckpt")
+        assert (run / f"test-step{step}" / "eval" / "metrics.json").is_file()
+    log = (run / "log.txt").read_text()
+    assert log.count(" test: ") == 2 and "test step 2: " in log and "test step 4: " in log  # start + end lines
+    attempts = [json.loads(line)["step"] for line in (run / "attempts.jsonl").read_text().splitlines()]
+    assert attempts == ["fit", "test", "test step 2", "test step 4"]
+    md = (out / "report.md").read_text()
+    assert "mean over seeds per checkpoint step" in md and "| 2 | 4 |" in md
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["invocations"][-1]["ran"] == 1 and summary["runs"][0]["test_wall_s"] > 0
+
+    main(command)  # nothing left to do
+    assert json.loads((out / "study.json").read_text())["invocations"][-1]["skipped"] == 1
+
+    # the emitted line (for a cluster) tests the checkpoints the same way
+    lines = tmp_path / "lines.sh"
+    main(["study", str(grid_file), "--emit-commands", str(lines), "--threads", "1"])
+    (run / "done.json").unlink()
+    import shutil
+
+    shutil.rmtree(run / "test-step000002")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(["sh", "-c", lines.read_text().strip()], env=env, cwd=ROOT)
+    assert done.returncode == 0
+    assert (run / "test-step000002" / "eval" / "metrics.json").is_file()
+    assert json.loads((run / "done.json").read_text()) == {"external": True}

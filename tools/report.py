@@ -31,7 +31,15 @@ from typing import Any
 
 # Re-exported: tests and users import these from tools.report. The loading of runs lives in
 # tools/report_runs.py, the seed statistics in tools/report_stats.py, the figures in tools/report_figures.py.
-from tools.report_figures import _affine_figure, _curve_figure, _mix_figure, _save, _slug, _tick_labels  # noqa: F401
+from tools.report_figures import (  # noqa: F401
+    _affine_figure,
+    _curve_figure,
+    _mix_figure,
+    _pooled_curve_figure,
+    _save,
+    _slug,
+    _tick_labels,
+)
 from tools.report_runs import (  # noqa: F401
     CHANCE_OF,
     GENERATION_METRICS,
@@ -50,7 +58,7 @@ from tools.report_runs import (  # noqa: F401
     merge_runs,
     mix_of,
 )
-from tools.report_stats import Stat, gain, group_stats, paired_gains, slope, t_quantile  # noqa: F401
+from tools.report_stats import Stat, curve_stats, gain, group_stats, paired_gains, slope, t_quantile  # noqa: F401
 
 MIX_ORDER = ("mixed", "understanding", "generation")
 
@@ -144,7 +152,7 @@ def _affine_section(merged: list[Run], summary: dict[str, Any], notes: list[str]
 
 
 def report(runs: list[str] | str, out: str = "report", probe: str | None = None, probe_images: int = 600,
-           groups: dict[str, str] | None = None) -> str:
+           groups: dict[str, str] | None = None, curve_metrics: list[str] | None = None) -> str:
     """Tables and figures over evaluated runs; or, with --probe ATTRIBUTE, the adapter analysis of the runs.
 
     Writes OUT/report.md (mixed vs understanding-only vs generation-only per architecture, mean and 95 %
@@ -163,6 +171,8 @@ def report(runs: list[str] | str, out: str = "report", probe: str | None = None,
         probe_images: fresh test watches rendered for the probe.
         groups: a row label per run dir, in place of its architecture (`unizoo study` labels each run by
             its recipe and override set): runs of one label and mix pool over seeds.
+        curve_metrics: metric names or prefixes (`[vqa_by_question/]`) whose checkpoint curves are pooled over
+            seeds, each with a figure; default the headline understanding and generation metrics.
     """
     runs = expand_runs(runs)
     if probe is not None:
@@ -229,6 +239,26 @@ def report(runs: list[str] | str, out: str = "report", probe: str | None = None,
         series = [r for r in merged if len(r.curve()) >= 2]
         if series:
             md.append("## Checkpoint curves\n")
+            at_steps = sorted({m for r in series for _, v in r.curve() for m in v}, key=_metric_key)
+            wanted = [m for m in at_steps if any(m == c or (c.endswith("/") and m.startswith(c)) for c in curve_metrics)] \
+                if curve_metrics else [m for m in [UNDERSTANDING_METRIC, *GENERATION_METRICS] if m in at_steps]
+            if curve_metrics and not wanted:
+                notes.append(f"curve_metrics {curve_metrics}: none is evaluated at two or more steps")
+            for metric in wanted:  # the data-scaling curve: each cell's seeds pooled per step
+                cells = curve_stats(series, metric)
+                steps = sorted({s for points in cells.values() for s, _ in points})
+                label = metric + (f" (chance {chance[metric]:.3f})" if metric in chance else "")
+                rows = [[f"{arch} | {mix}", *(next((st.cell() for s, st in points if s == step), "-") for step in steps)]
+                        for (arch, mix), points in sorted(cells.items())]
+                md += [f"### {label}, mean over seeds per checkpoint step\n",
+                       _table(["architecture | mix", *map(str, steps)], rows), ""]
+                summary["pooled_curves"] = summary.get("pooled_curves", []) + [
+                    {"metric": metric, "architecture": arch, "mix": mix,
+                     "points": [{"step": s, **st.as_dict()} for s, st in points]} for (arch, mix), points in sorted(cells.items())]
+                if metric in headline or curve_metrics:
+                    _save(_pooled_curve_figure(cells, metric, chance.get(metric)), out_dir,
+                          f"curve-pooled-{_slug(metric)}", writer, written)
+            md.append("### Per run\n")
             for run in series:
                 shown = [m for m in [UNDERSTANDING_METRIC, *GENERATION_METRICS] if any(m in v for _, v in run.curve())]
                 md += [f"{run.architecture} | {run.mix} | seed {run.seed} ({run.train_id})\n",

@@ -74,6 +74,29 @@ def _curve_figure(series: list[Run], metric: str):
     return fig
 
 
+def _pooled_curve_figure(cells: dict[tuple[str, str], list[tuple[int, Stat]]], metric: str, chance: float | None):
+    """Mean over seeds per (architecture, mix) against the step, the 95 % t interval shaded."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for (architecture, mix), points in sorted(cells.items()):
+        steps = [s for s, _ in points]
+        means = [st.mean for _, st in points]
+        n = max(st.n for _, st in points)
+        line = ax.plot(steps, means, marker="o", label=f"{architecture} | {mix} (n={n})")[0]
+        if any(st.half is not None for _, st in points):
+            half = [st.half or 0.0 for _, st in points]
+            ax.fill_between(steps, [m - h for m, h in zip(means, half)], [m + h for m, h in zip(means, half)],
+                            color=line.get_color(), alpha=0.15)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"{metric} (mean over seeds, 95 % t interval)")
+    ax.legend(fontsize=6)
+    return fig
+
+
 def _affine_figure(rows: list[tuple[str, float, Stat]]):
     from matplotlib.figure import Figure
 

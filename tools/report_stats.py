@@ -73,6 +73,20 @@ def group_stats(runs: list[Run]) -> dict[tuple[str, str, str], tuple[Stat, list[
     return {k: (Stat.of(v), seeds[k]) for k, v in values.items()}
 
 
+def curve_stats(runs: list[Run], metric: str) -> dict[tuple[str, str], list[tuple[int, Stat]]]:
+    """(architecture, mix) -> [(step, Stat of `metric` over the runs evaluated at that step)], in step order.
+
+    The data-scaling curve pooled over seeds: runs of one cell share their checkpoint steps when they share a
+    recipe; a step only some seeds reached is shown with its smaller n.
+    """
+    values: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        for step, metrics in run.curve():
+            if metric in metrics:
+                values[(run.architecture, run.mix)][step].append(metrics[metric])
+    return {cell: [(step, Stat.of(v)) for step, v in sorted(steps.items())] for cell, steps in values.items()}
+
+
 def _finals(runs: list[Run], architecture: str, mix: str, metric: str) -> dict[Any, float]:
     """Seed (or run identity when unseeded) -> final `metric` of `architecture`'s runs on `mix`."""
     return {r.seed if r.seed is not None else id(r): r.final()[metric] for r in runs

@@ -20,6 +20,8 @@ The grid file (YAML mapping; only `recipes` is required):
     args: [--trainer.limit_train_batches, "0.2"]  # extra fit args of every run; default none
     test: true                         # run `unizoo test` on the final checkpoint (default true)
     test_args: []                      # extra test args; default none
+    curve: false                       # also test every intermediate checkpoint (the data-scaling curve)
+    curve_args: []                     # extra args of those tests only (after test_args); default none
 
 Each run is one cell of the product, named `<recipe>_<mix>_<override>_seed<S>` (the parts of the axes the
 file declares), with its folder `OUT/runs/NAME/`:
@@ -33,9 +35,12 @@ file declares), with its folder `OUT/runs/NAME/`:
     fit.json         written (atomically) when the fit succeeded: its wall time and final checkpoint
     test/            the test's log dir: `unizoo test --config version_0/config.yaml --ckpt_path <final
                      checkpoint> --trainer.logger.init_args.version test` (eval/metrics.json inside)
-    done.json        the done marker, written atomically (temp file + rename) after the test succeeded
+    test-stepNNNNNN/ with `curve: true`: the same test on each intermediate checkpoint (version_0/checkpoints/
+                     *.ckpt but last*.ckpt, the step from its name: `step=131`, `step00131`), one per step
+    done.json        the done marker, written atomically (temp file + rename) after the test(s) succeeded
 
-Resuming: rerunning the same command skips runs with done.json, reruns only the test of runs with fit.json,
+Resuming: rerunning the same command skips runs with done.json (with `curve: true`, a done run still gets the
+checkpoint tests it lacks, so the key can be added to a finished grid), reruns only the test of runs with fit.json,
 and restarts every other run with the same fit command: `--ckpt_path last` continues a killed fit from its
 newest checkpoint in version_0/checkpoints (or starts from scratch when there is none), and the saved
 config.yaml is kept when the rerun's config is the same (tools/lightning_cli.py SafeSaveConfig). A failed
@@ -51,7 +56,8 @@ exists, appends to the run's log.txt, and writes done.json when fit and test suc
 local `unizoo study FILE.yaml` reports it. A line's test uses version_0/checkpoints/last.ckpt, the final
 weights of every recipe that keeps `save_last` (the local runner falls back to the newest checkpoint).
 
-When the grid ends, `unizoo report` runs over the finished runs with one row label per (recipe, override
+When the grid ends, `unizoo report` runs over the finished runs (and their checkpoint tests: the report's
+checkpoint curves, pooled over seeds) with one row label per (recipe, override
 set), so each table cell is one (recipe, mix, override) with the mean and 95 % t interval over its seeds:
 OUT/report.md, OUT/summary.json, PNG figures in OUT and TensorBoard under OUT/tb. OUT/study.json records
 each run's wall time (all attempts) and each invocation's wall time, workers and threads, so a grid's
@@ -76,9 +82,11 @@ from typing import Any
 
 import yaml
 
-GRID_KEYS = ("name", "out", "recipes", "mixes", "overrides", "seeds", "seed_args", "args", "test", "test_args")
+GRID_KEYS = ("name", "out", "recipes", "mixes", "overrides", "seeds", "seed_args", "args", "test", "test_args",
+             "curve", "curve_args")
 LOGGER = "--trainer.logger.init_args."
 _SAFE = re.compile(r"[^A-Za-z0-9.+-]+")
+_STEP = re.compile(r"step[=_-]?(\d+)")  # as tools/report_runs.py reads a checkpoint's step
 
 
 @dataclass
@@ -94,6 +102,7 @@ class Run:
     dir: Path
     fit: list[str]
     test_args: list[str] | None  # None: the grid does not test
+    curve_args: list[str] | None = None  # None: no tests of the intermediate checkpoints
     offset: int = 0  # where the latest attempt's output starts in log.txt
 
     @property
@@ -121,10 +130,31 @@ class Run:
         """The report's row label: the recipe and the override set."""
         return self.recipe_label if self.override is None else f"{self.recipe_label} [{self.override}]"
 
-    def test(self, checkpoint: str | os.PathLike) -> list[str]:
-        """The test command on `checkpoint`."""
+    def test(self, checkpoint: str | os.PathLike, version: str = "test") -> list[str]:
+        """The test command on `checkpoint`, logging into OUT/runs/NAME/`version`."""
+        extra = [*(self.test_args or []), *(self.curve_args or [] if version != "test" else [])]
         return [sys.executable, "-m", "tools.cli", "test", "--config", str(self.fit_dir / "config.yaml"),
-                "--ckpt_path", str(checkpoint), f"{LOGGER}version", "test", *(self.test_args or [])]
+                "--ckpt_path", str(checkpoint), f"{LOGGER}version", version, *extra]
+
+    def curve_checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, file) of the intermediate checkpoints to test, in step order (none without `curve`)."""
+        folder = self.fit_dir / "checkpoints"
+        if self.curve_args is None or not folder.is_dir():
+            return []
+        found = {}
+        for path in folder.glob("*.ckpt"):
+            match = _STEP.search(path.stem)
+            if match and not path.name.startswith("last"):
+                found.setdefault(int(match.group(1)), path)
+        return sorted(found.items())
+
+    def curve_dir(self, step: int) -> Path:
+        """The log dir of the test of the checkpoint at `step`."""
+        return self.dir / f"test-step{step:06d}"
+
+    def curve_missing(self) -> list[tuple[int, Path]]:
+        """The intermediate checkpoints whose test has not written its metrics yet."""
+        return [(s, p) for s, p in self.curve_checkpoints() if not (self.curve_dir(s) / "eval" / "metrics.json").is_file()]
 
 
 @dataclass
@@ -223,6 +253,14 @@ def load_grid(file: str | os.PathLike, out: str | None = None) -> Grid:
     if not isinstance(test, bool):
         raise ValueError(f"{path}: `test` must be true or false, got {test!r}")
     test_args = _args(spec.get("test_args"), f"{path}: test_args")
+    curve = spec.get("curve", False)
+    if not isinstance(curve, bool):
+        raise ValueError(f"{path}: `curve` must be true or false, got {curve!r}")
+    if curve and not test:
+        raise ValueError(f"{path}: `curve: true` tests checkpoints, so it needs `test: true`")
+    curve_args = _args(spec.get("curve_args"), f"{path}: curve_args")
+    if curve_args and not curve:
+        raise ValueError(f"{path}: `curve_args` needs `curve: true`")
 
     grid = Grid(name, path.absolute(), grid_out, test=test)
     runs_dir = grid_out / "runs"
@@ -243,7 +281,7 @@ def load_grid(file: str | os.PathLike, out: str | None = None) -> Grid:
                     fit += [f"{LOGGER}save_dir", str(runs_dir), f"{LOGGER}name", run_name, f"{LOGGER}version", "0",
                             "--ckpt_path", "last"]
                     grid.runs.append(Run(run_name, str(recipe), label, mix, override, seed, runs_dir / run_name,
-                                         fit, test_args if test else None))
+                                         fit, test_args if test else None, curve_args if curve else None))
     names = [r.name for r in grid.runs]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: two runs get the same name (mix or override names that differ only in "
@@ -265,6 +303,14 @@ def command_line(run: Run, threads: int, cwd: str | os.PathLike | None = None) -
     steps = [f"{env} {shlex.join(run.fit)} >> {log} 2>&1"]
     if run.test_args is not None:
         steps.append(f"{env} {shlex.join(run.test(run.fit_dir / 'checkpoints' / 'last.ckpt'))} >> {log} 2>&1")
+    if run.curve_args is not None:  # every intermediate checkpoint, its step read from the name as the runner does
+        test = shlex.join(run.test("@@CKPT@@", "@@VERSION@@"))
+        test = test.replace("@@CKPT@@", '"$c"').replace("@@VERSION@@", '"test-step$(printf %06d "$s")"')
+        step_of = r"sed -n 's/.*step[=_-]\{0,1\}0*\([0-9][0-9]*\).*/\1/p'"  # leading zeros off: printf reads octal
+        steps.append(f'for c in {q(str(run.fit_dir / "checkpoints"))}/*.ckpt; do '
+                     f'case "$(basename "$c")" in last*) continue;; esac; '
+                     f's=$(basename "$c" .ckpt | {step_of}); [ -n "$s" ] || continue; '
+                     f'{env} {test} >> {log} 2>&1 || exit 1; done')
     tmp = q(str(run.done) + ".tmp")
     steps.append(f"echo '{{\"external\": true}}' > {tmp} && mv {tmp} {q(str(run.done))}")
     return (f"cd {q(str(Path(cwd or Path.cwd()).absolute()))} && mkdir -p {q(str(run.dir))} && "
@@ -371,10 +417,15 @@ def run_one(run: Run, threads: int, cwd: Path | None = None) -> dict[str, Any]:
             return {"status": "failed", "error": f"fit wrote no checkpoint in {run.fit_dir / 'checkpoints'}"}
         fit_record = {"finished": _now(), "wall_s": round(wall, 3), "checkpoint": checkpoint}
         write_json_atomic(run.dir / "fit.json", fit_record)
-    if run.test_args is not None:
+    tested = run.done.is_file() and (run.test_dir / "eval" / "metrics.json").is_file()  # a done run back for its curve
+    if run.test_args is not None and not tested:
         rc, _ = _step(run, "test", run.test(fit_record["checkpoint"]), env, cwd)
         if rc != 0:
             return {"status": "failed", "error": _failure("test", rc, run)}
+    for step, checkpoint in run.curve_missing():
+        rc, _ = _step(run, f"test step {step}", run.test(checkpoint, run.curve_dir(step).name), env, cwd)
+        if rc != 0:
+            return {"status": "failed", "error": _failure(f"test of step {step}", rc, run)}
     summary = _walls(run)
     write_json_atomic(run.done, {"finished": _now(), "threads": threads, "checkpoint": fit_record.get("checkpoint"),
                                  "fit": shlex.join(run.fit), **summary})
@@ -390,7 +441,7 @@ def _walls(run: Run) -> dict[str, Any]:
     """Wall seconds of a run's attempts: all of them, the fits, the tests, and how many there were."""
     rows = _attempts(run)
     fit = sum(r.get("wall_s", 0.0) for r in rows if str(r.get("step", "")).startswith("fit"))
-    test = sum(r.get("wall_s", 0.0) for r in rows if r.get("step") == "test")
+    test = sum(r.get("wall_s", 0.0) for r in rows if str(r.get("step", "")).startswith("test"))
     return {"wall_s": round(fit + test, 3) if rows else None, "fit_wall_s": round(fit, 3) if rows else None,
             "test_wall_s": round(test, 3) if rows else None, "attempts": len(rows)}
 
@@ -453,7 +504,7 @@ def _run_grid(grid: Grid, workers: int, threads: int, selected: set[str] | None 
     results: dict[str, dict[str, Any]] = {}
     todo = []
     for run in grid.runs:
-        if run.done.is_file():
+        if run.done.is_file() and not (run.curve_missing() and (selected is None or run.name in selected)):
             results[run.name] = {"status": "skipped"}
         elif selected is not None and run.name not in selected:
             results[run.name] = {"status": "not selected"}  # --only: left for another invocation
@@ -579,9 +630,12 @@ def _report(grid: Grid, results: dict[str, dict[str, Any]], console: Any, summar
     from tools.report import report
 
     groups = {str(r.test_dir): r.group for r in finished}
+    for run in finished:  # the checkpoint tests: the report's curves (each names its fit run's checkpoint)
+        groups.update({str(run.curve_dir(s)): run.group for s, _ in run.curve_checkpoints()
+                       if (run.curve_dir(s) / "eval" / "metrics.json").is_file()})
     data = _read_json(summary_path) or {}
     try:
-        data["report"] = report([str(r.test_dir) for r in finished], out=str(grid.out), groups=groups)
+        data["report"] = report(list(groups), out=str(grid.out), groups=groups)
         data["report_error"] = None
     except Exception as err:  # the runs stay done; the report can be redone with `unizoo report`
         console.print(f"[red]study: report failed[/red]: {type(err).__name__}: {err}")
