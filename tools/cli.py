@@ -37,6 +37,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "guidance": "tools.measure:guidance",
         "prompt": "tools.measure:prompt",
         "attributes": "tools.measure_attributes:attributes",
+        "answers": "tools.measure_answers:answers",
     },
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

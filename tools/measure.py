@@ -12,6 +12,8 @@
   against the same images under another sample's prompt, for every checkpoint of the run (or one): a model
   that ignores its prompt scores the same on both, and nothing but its marginal image can come out.
 * `attributes RUN` (tools/measure_attributes.py): the same per stated attribute: only that value changed.
+* `answers RUN... --attribute A` (tools/measure_answers.py): multiple-choice accuracy on questions about A
+  (each candidate reply scored teacher-forced): what a model knows but does not say.
 
 Each writes JSON (and PNGs) to `--out` and prints its table.
 """
