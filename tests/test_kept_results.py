@@ -12,10 +12,14 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
 def _kept_test_dir(grid: Path, train_id: str) -> Path:
-    """The kept test folder of a run a compare named (a fit dir runs/.../<run>/version_0 or a test dir)."""
+    """The kept test folder of a run a compare named (a fit dir runs/.../<run>/version_0, a test dir, or a kept
+    run folder docs/results/<grid>/runs/<run>)."""
     path = Path(train_id)
-    test = path.name if path.name.startswith("test") else "test"
-    return grid / "runs" / path.parent.name / test
+    if path.name.startswith("test"):
+        return grid / "runs" / path.parent.name / path.name
+    if path.name.startswith("version_"):
+        return grid / "runs" / path.parent.name / "test"
+    return grid / "runs" / path.name / "test"  # a kept run's folder (its tests side by side)
 
 
 def _grid_of(summary: Path) -> Path:

@@ -252,3 +252,28 @@ def test_affine_series_takes_its_s0_point_from_the_aligned_twin(tmp_path):
     report([str(r) for r in runs], out=str(tmp_path / "out2"))
     summary = json.loads((tmp_path / "out2" / "summary.json").read_text())
     assert {a["strength"] for a in summary["affine"]} == {0.1}
+
+
+def test_a_kept_runs_tests_join_into_one_curve_without_its_fit_dir(tmp_path):
+    """docs/results keeps runs/NAME/{test, test-stepN}/ (configs naming checkpoints of a fit dir that is gone):
+    the tests of one run are one training run, so its checkpoint curve and final evaluation join up."""
+    kept = tmp_path / "kept" / "runs"
+    fit = "runs/study/g/runs/{name}/version_0/checkpoints/{ckpt}"  # as keep writes it: relative, not there
+    for seed in (0, 1):
+        name = f"arch_mixed_seed{seed}"
+        for test, ckpt, value in (("test", "last.ckpt", 0.9), ("test-step000100", "step00100.ckpt", 0.4 + seed / 10),
+                                  ("test-step000200", "step00200.ckpt", 0.6)):
+            made = _run(tmp_path / "made", f"{name}-{test}", SIGLIP, "mixed", seed, _metrics(value),
+                        ckpt_path=fit.format(name=name, ckpt=ckpt))
+            (kept / name).mkdir(parents=True, exist_ok=True)
+            made.rename(kept / name / test)  # _run writes NAME/version_0; the kept layout is NAME/TEST
+    dirs = sorted(str(p) for p in kept.glob("*/test*"))
+    out = tmp_path / "out"
+    report(dirs, out=str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["curves"]) == 2  # one per run, each with its two checkpoint tests
+    assert all(Path(c["run"]).name.startswith("arch_mixed_seed") for c in summary["curves"])
+    pooled = next(c for c in summary["pooled_curves"] if c["metric"] == "vqa/total")["points"]
+    assert [(p["step"], p["n"]) for p in pooled] == [(100, 2), (200, 2)] and pooled[0]["mean"] == pytest.approx(0.45)
+    final = next(g for g in summary["groups"] if g["metric"] == "vqa/total" and g["mix"] == "mixed")
+    assert final["mean"] == pytest.approx(0.9) and final["n"] == 2  # the final tests, not the checkpoints

@@ -164,6 +164,10 @@ def _training_config(run_dir: Path, config: dict[str, Any]) -> tuple[dict[str, A
         fit = _read(fit_dir / "config.yaml", [])
         if fit:
             return fit, fit_dir, step
+    if fit_dir is not None and run_dir.name.startswith("test"):
+        # The fit dir is gone (a kept copy: docs/results/GRID/runs/NAME/test, test-stepN): the tests of one
+        # run sit side by side in its folder, so that folder stands for the training run (its curve joins up).
+        return config, run_dir.parent, step
     return config, run_dir, step
 
 
