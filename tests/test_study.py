@@ -72,6 +72,10 @@ def test_example_grid_dry_run_prints_one_self_contained_line_per_run(tmp_path, c
     ({"recipes": ["recipes/quickstart.yaml"], "seeds": [0, 0]}, "repeats"),
     ({"recipes": ["recipes/quickstart.yaml"], "overrides": ["--x"]}, "mapping name"),
     ({"recipes": []}, "non-empty"),
+    ({"recipes": ["recipes/quickstart.yaml"], "curve": "yes"}, "`curve` must be true or false"),
+    ({"recipes": ["recipes/quickstart.yaml"], "curve": True, "test": False}, "needs `test: true`"),
+    ({"recipes": ["recipes/quickstart.yaml"], "curve_args": ["--x", "1"]}, "needs `curve: true`"),
+    ({"recipes": ["recipes/quickstart.yaml"], "curve_metrics": "vqa/total"}, "non-empty list of metric names"),
 ])
 def test_bad_grid_files_are_refused_with_the_reason(tmp_path, monkeypatch, spec, message):
     monkeypatch.chdir(ROOT)
@@ -258,7 +262,7 @@ def test_curve_tests_every_checkpoint_also_when_added_to_a_finished_grid(tmp_pat
     spec["trainer"]["callbacks"][0]["init_args"].update({"save_top_k": -1, "filename": "step{step:05d}", "auto_insert_metric_name": False})
     recipe.write_text(yaml.safe_dump(spec, sort_keys=False))
     grid_file, out = tmp_path / "grid.yaml", tmp_path / "grid"
-    grid = {"name": "curve", "out": str(out), "recipes": [str(recipe)], "seeds": [0]}
+    grid = {"name": "curve", "out": str(out), "recipes": [str(recipe)], "seeds": [0], "curve_metrics": ["vqa/"]}
     grid_file.write_text(yaml.safe_dump(grid))
     command = ["study", str(grid_file), "--workers", "1", "--threads", "1"]
     main(command)
@@ -279,6 +283,7 @@ def test_curve_tests_every_checkpoint_also_when_added_to_a_finished_grid(tmp_pat
     assert attempts == ["fit", "test", "test step 2", "test step 4"]
     md = (out / "report.md").read_text()
     assert "mean over seeds per checkpoint step" in md and "| 2 | 4 |" in md
+    assert "### vqa/weather" in md and (out / "curve-pooled-vqa-weather.png").is_file()  # curve_metrics: [vqa/]
     summary = json.loads((out / "study.json").read_text())
     assert summary["invocations"][-1]["ran"] == 1 and summary["runs"][0]["test_wall_s"] > 0
 

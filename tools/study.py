@@ -22,6 +22,7 @@ The grid file (YAML mapping; only `recipes` is required):
     test_args: []                      # extra test args; default none
     curve: false                       # also test every intermediate checkpoint (the data-scaling curve)
     curve_args: []                     # extra args of those tests only (after test_args); default none
+    curve_metrics: [vqa/total]         # metrics (or prefixes) whose curves the report pools; default its headline
 
 Each run is one cell of the product, named `<recipe>_<mix>_<override>_seed<S>` (the parts of the axes the
 file declares), with its folder `OUT/runs/NAME/`:
@@ -83,7 +84,7 @@ from typing import Any
 import yaml
 
 GRID_KEYS = ("name", "out", "recipes", "mixes", "overrides", "seeds", "seed_args", "args", "test", "test_args",
-             "curve", "curve_args")
+             "curve", "curve_args", "curve_metrics")
 LOGGER = "--trainer.logger.init_args."
 _SAFE = re.compile(r"[^A-Za-z0-9.+-]+")
 _STEP = re.compile(r"step[=_-]?(\d+)")  # as tools/report_runs.py reads a checkpoint's step
@@ -166,6 +167,7 @@ class Grid:
     out: Path
     runs: list[Run] = field(default_factory=list)
     test: bool = True
+    curve_metrics: list[str] | None = None  # passed to the report
 
 
 # ----------------------------------------------------------------------------------------- the grid file
@@ -261,8 +263,12 @@ def load_grid(file: str | os.PathLike, out: str | None = None) -> Grid:
     curve_args = _args(spec.get("curve_args"), f"{path}: curve_args")
     if curve_args and not curve:
         raise ValueError(f"{path}: `curve_args` needs `curve: true`")
+    curve_metrics = spec.get("curve_metrics")
+    if curve_metrics is not None and not (isinstance(curve_metrics, list) and curve_metrics
+                                          and all(isinstance(m, str) and m for m in curve_metrics)):
+        raise ValueError(f"{path}: `curve_metrics` must be a non-empty list of metric names or prefixes, got {curve_metrics!r}")
 
-    grid = Grid(name, path.absolute(), grid_out, test=test)
+    grid = Grid(name, path.absolute(), grid_out, test=test, curve_metrics=curve_metrics)
     runs_dir = grid_out / "runs"
     for recipe, label in zip(resolved, labels):
         for mix, mix_value in mix_items:
@@ -635,7 +641,7 @@ def _report(grid: Grid, results: dict[str, dict[str, Any]], console: Any, summar
                        if (run.curve_dir(s) / "eval" / "metrics.json").is_file()})
     data = _read_json(summary_path) or {}
     try:
-        data["report"] = report(list(groups), out=str(grid.out), groups=groups)
+        data["report"] = report(list(groups), out=str(grid.out), groups=groups, curve_metrics=grid.curve_metrics)
         data["report_error"] = None
     except Exception as err:  # the runs stay done; the report can be redone with `unizoo report`
         console.print(f"[red]study: report failed[/red]: {type(err).__name__}: {err}")
