@@ -31,7 +31,7 @@ def test_probe_writes_json_and_figure(run_dir, tmp_path, capsys):
     result = probe("weather", str(run_dir), images=40, out=str(out), epochs=10)
     saved = json.loads((out / "probe-weather.json").read_text())
     assert saved["classes"] == ["cloudy", "raining", "sunny"] and saved["chance"] == pytest.approx(1 / 3)
-    for kind in ("first_token", "mean_token"):
+    for kind in ("first_token", "mean_token", "all_tokens"):
         stats = saved["features"][kind]
         assert 0.0 <= stats["accuracy"] <= 1.0 and 0.0 <= stats["majority"] <= 1.0
         assert stats["train"] == 32 and stats["test"] == 8

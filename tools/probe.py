@@ -1,7 +1,8 @@
 """Adapter analysis (PAPER.md §5): does the read projector's output already encode an attribute?
 
 Fresh test watches go through the run's read space and read projector; the first visual
-token (as the paper) and the mean over tokens are reduced by PCA-50 and embedded by t-SNE, coloured by
+token (as the paper), the mean over tokens and all tokens flattened (where a place on the image lives) are
+reduced by PCA-50 and embedded by t-SNE, coloured by
 the attribute, and a linear probe (logistic regression, Adam, 50 epochs, 80/20 split) measures how
 linearly readable the attribute is. The paper's probe reached 100 % even for understanding-only
 models: the missing skill sits in the language model, not in the adapter.
@@ -180,17 +181,18 @@ def _watch_source(run: Path, model: Any) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def projector_features(model: Any, images: list[Any], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first visual token [n, H], mean over tokens [n, H]) after the read projector."""
+def projector_features(model: Any, images: list[Any], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(first visual token [n, H], mean over tokens [n, H], all tokens flattened [n, N * H]), projected."""
     space = model.read_space
-    firsts, means = [], []
+    firsts, means, flats = [], [], []
     for start in range(0, len(images), batch_size):
         pixels = torch.stack([space.preprocess(im) for im in images[start:start + batch_size]]).to(model.device)
         features, _ = space.encode(pixels)
         projected = model.read_projector(features).float().cpu()
         firsts.append(projected[:, 0])
         means.append(projected.mean(1))
-    return torch.cat(firsts), torch.cat(means)
+        flats.append(projected.flatten(1))
+    return torch.cat(firsts), torch.cat(means), torch.cat(flats)
 
 
 def _figure(embeddings: dict[str, torch.Tensor], labels: torch.Tensor, names: list[str], attribute: str, title: str):
@@ -249,12 +251,14 @@ def probe(attribute: str, run: str, images: int = 600, out: str = DEFAULT_OUT, e
     values = [s.attrs.get(attribute) for s in samples]
     names = sorted(set(values), key=lambda v: (isinstance(v, str), v))
     labels = torch.tensor([names.index(v) for v in values])
-    first, mean = projector_features(model, [s.images[0] for s in samples])
+    first, mean, flat = projector_features(model, [s.images[0] for s in samples])
     result: dict[str, Any] = {"attribute": attribute, "run": str(run), "checkpoint": str(checkpoint), "images": images,
                               "classes": [str(n) for n in names], "chance": 1.0 / len(names), "epochs": epochs,
                               "features": {}}
     embeddings = {}
-    for kind, x in (("first_token", first), ("mean_token", mean)):
+    # The paper probes the first token and the mean; a place on the image (a corner) lives in *which* token
+    # carries it, which both pool away, so the flattened tokens are probed too.
+    for kind, x in (("first_token", first), ("mean_token", mean), ("all_tokens", flat)):
         result["features"][kind] = linear_probe(x, labels, len(names), epochs=epochs, seed=seed)
         embeddings[kind] = tsne(pca(x, 50), seed=seed)
     result["pca_components"] = int(min(50, images, first.shape[1]))

@@ -3,7 +3,7 @@
 `unizoo report RUN RUN ... --probe ATTRIBUTE --out DIR` probes each run into DIR/<run name>/ and writes
 DIR/probe-ATTRIBUTE.md (and .json): per run, then per arm (the run name without its `_seedN` suffix, as
 `unizoo study` names runs) the mean and 95 % t interval of the probe accuracy over seeds, for the first
-visual token and the mean over tokens. Each run is probed on the same fresh test watches of its own data
+visual token, the mean over tokens and all tokens flattened. Each run is probed on the same fresh test watches of its own data
 seed, so the arms of one grid are probed on the same images.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from tools.report_stats import Stat
 
 _SEED = re.compile(r"_seed(\d+)$")
-FEATURES = ("first_token", "mean_token")
+FEATURES = ("first_token", "mean_token", "all_tokens")
 
 
 def run_name(run: str | Path) -> str:
@@ -43,7 +43,7 @@ def summarize(attribute: str, results: dict[str, dict[str, Any]]) -> tuple[str, 
         accuracy = {kind: result["features"][kind]["accuracy"] for kind in FEATURES}
         majority = result["features"]["first_token"]["majority"]
         rows.append(f"| {name} | {accuracy['first_token']:.3f} | {accuracy['mean_token']:.3f} | "
-                    f"{result['chance']:.3f} | {majority:.3f} |")
+                    f"{accuracy['all_tokens']:.3f} | {result['chance']:.3f} | {majority:.3f} |")
         arm, _ = arm_of(name)
         for kind in FEATURES:
             arms.setdefault(arm, {k: [] for k in FEATURES})[kind].append(accuracy[kind])
@@ -51,12 +51,14 @@ def summarize(attribute: str, results: dict[str, dict[str, Any]]) -> tuple[str, 
     stats = {arm: {kind: Stat.of(values[kind]) for kind in FEATURES} for arm, values in arms.items()}
     md = [f"# Adapter probe: {attribute} after the read projector", "",
           "Linear probe (logistic regression on 80 % of fresh test watches, scored on the other 20 %) of the "
-          "projected read tokens: the first visual token and the mean over tokens (tools/probe.py). "
+          "projected read tokens: the first visual token, the mean over tokens and all tokens flattened (tools/probe.py). "
           f"Chance {chance:.3f} (1 / classes); `majority`: the most frequent class's share of the probe's test part.", "",
           "## Per arm (mean ± 95 % t interval over seeds)", "",
-          "| arm | first token | mean over tokens |", "|---|---|---|",
-          *[f"| {arm} | {s['first_token'].cell()} | {s['mean_token'].cell()} |" for arm, s in stats.items()], "",
-          "## Per run", "", "| run | first token | mean over tokens | chance | majority |", "|---|---|---|---|---|",
+          "| arm | first token | mean over tokens | all tokens |", "|---|---|---|---|",
+          *[f"| {arm} | {s['first_token'].cell()} | {s['mean_token'].cell()} | {s['all_tokens'].cell()} |"
+            for arm, s in stats.items()], "",
+          "## Per run", "", "| run | first token | mean over tokens | all tokens | chance | majority |",
+          "|---|---|---|---|---|---|",
           *rows, ""]
     summary = {"attribute": attribute, "chance": chance, "runs": results,
                "arms": {arm: {kind: s.as_dict() for kind, s in per.items()} for arm, per in stats.items()}}
