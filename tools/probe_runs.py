@@ -3,8 +3,8 @@
 `unizoo report RUN RUN ... --probe ATTRIBUTE --out DIR` probes each run into DIR/<run name>/ and writes
 DIR/probe-ATTRIBUTE.md (and .json): per run, then per arm (the run name without its `_seedN` suffix, as
 `unizoo study` names runs) the mean and 95 % t interval of the probe accuracy over seeds, for the first
-visual token, the mean over tokens and all tokens flattened. Each run is probed on the same fresh test watches of its own data
-seed, so the arms of one grid are probed on the same images.
+visual token, the mean over tokens and all tokens flattened. Each run is probed on the same fresh test
+watches of its own data seed, so the arms of one grid are probed on the same images.
 """
 from __future__ import annotations
 
