@@ -103,3 +103,33 @@ def test_a_kept_copy_compares_as_the_grid_did(tmp_path):
     assert summaries[1]["seeds"] == summaries[0]["seeds"] == [0, 1, 2]
     assert summaries[1]["metrics"] == summaries[0]["metrics"]
     assert summaries[1]["metrics"][0]["difference"]["values"] == pytest.approx([0.3, -0.1, 0.5])
+
+
+def test_a_re_keep_joins_the_earlier_sessions_study_record(tmp_path):
+    """runs/ of an earlier session is gone, so the live study.json only knows this session: the kept
+    record's invocations and runs stay, done runs are not overwritten by pending ones, totals are redone."""
+    from tools.keep_results import merge_study_records
+
+    kept = {"name": "g", "grid_file": "g.yaml",
+            "invocations": [{"started": "2026-12-03T10:00:00+00:00", "grid_file": "g.yaml", "wall_s": 100.0}],
+            "runs": [{"name": "a_seed0", "status": "done", "wall_s": 150.0},
+                     {"name": "b_seed0", "status": "done", "wall_s": 90.0}]}
+    new = {"name": "g", "grid_file": "g.yaml",
+           "invocations": [{"started": "2026-12-04T10:00:00+00:00", "grid_file": "g.yaml", "wall_s": 50.0}],
+           "runs": [{"name": "a_seed0", "status": "pending", "wall_s": None},  # not in this session's runs/
+                    {"name": "b_seed0", "status": "done", "wall_s": 80.0},  # rerun now: the new record wins
+                    {"name": "c_seed0", "status": "done", "wall_s": 60.0}]}
+    merged = merge_study_records(kept, new)
+    assert [i["wall_s"] for i in merged["invocations"]] == [100.0, 50.0]
+    runs = {r["name"]: r for r in merged["runs"]}
+    assert runs["a_seed0"]["wall_s"] == 150.0 and runs["b_seed0"]["wall_s"] == 80.0 and runs["c_seed0"]["status"] == "done"
+    assert merged["grid_wall_s"] == 150.0 and merged["run_wall_s"] == 290.0 and merged["done"] == 3
+    assert merged["parallel_speedup"] == pytest.approx(290 / 150, abs=1e-3)
+    assert merge_study_records(merged, new)["invocations"] == merged["invocations"]  # keeping twice adds nothing
+
+    grid = _grid(tmp_path)
+    dest = tmp_path / "docs" / "results" / "g"
+    dest.mkdir(parents=True)
+    (dest / "study.json").write_text(json.dumps({"name": "g", "invocations": kept["invocations"], "runs": kept["runs"]}))
+    keep(str(grid), root=str(tmp_path))
+    assert json.loads((dest / "study.json").read_text())["invocations"] == kept["invocations"]

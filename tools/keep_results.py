@@ -8,7 +8,8 @@ is the original one, `unizoo report` and `unizoo compare` read a kept copy as th
 comparison can be redone from git after runs/ is gone. Paths under the project root are written relative
 to it, so the copy reads the same on any clone. The copy is written to a temporary folder and moved into
 place, so a failed keep leaves the old copy whole. Runs kept earlier that the grid folder no longer holds
-(runs/ of an earlier session is gone) are carried over; a run present in both is replaced by the new copy.
+(runs/ of an earlier session is gone) are carried over; a run present in both is replaced by the new copy,
+and the kept study.json is joined with the new one (merge_study_records), so every session's wall times stay.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_FILES = ("report.md", "summary.json", "study.json", "compare.md", "compare.json")
@@ -25,6 +27,36 @@ TEXT_FILES = ("report.md", "summary.json", "study.json", "compare.md", "compare.
 def _relative_text(text: str, root: Path) -> str:
     """`text` with the absolute project root removed from every path in it."""
     return text.replace(str(root.resolve()) + os.sep, "").replace(str(root.resolve()), ".")
+
+
+def merge_study_records(kept: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """study.json of a grid filled over several sessions: the kept record's invocations and runs joined with
+    the new one's (a run recorded done in both: the new record), the wall-time totals recomputed.
+
+    runs/ (and with it the grid's live study.json) does not outlive a session, so without this a re-keep
+    would drop the wall times of every earlier session's runs.
+    """
+    from tools.study import _covered_seconds
+
+    def key(invocation: dict[str, Any]) -> tuple[Any, Any]:
+        return invocation.get("started"), invocation.get("grid_file")
+
+    invocations = list(kept.get("invocations") or [])
+    seen = {key(i) for i in invocations}
+    invocations += [i for i in new.get("invocations") or [] if key(i) not in seen]
+    runs = {r["name"]: r for r in kept.get("runs") or [] if isinstance(r, dict) and "name" in r}
+    for run in new.get("runs") or []:
+        if run.get("status") == "done" or run.get("name") not in runs or runs[run["name"]].get("status") != "done":
+            runs[run["name"]] = run
+    merged = {**kept, **new, "invocations": invocations, "runs": list(runs.values())}
+    grid_file = new.get("grid_file")
+    walls = [r["wall_s"] for r in runs.values() if r.get("wall_s") is not None]
+    grid_wall = _covered_seconds([i for i in invocations if i.get("grid_file", grid_file) == grid_file])
+    merged.update({"grid_wall_s": round(grid_wall, 3), "run_wall_s": round(sum(walls), 3), "runs_timed": len(walls),
+                   "runs_total": len(runs), "done": sum(r.get("status") == "done" for r in runs.values()),
+                   "failed": [r["name"] for r in runs.values() if r.get("status") == "failed"],
+                   "parallel_speedup": round(sum(walls) / grid_wall, 3) if grid_wall > 0 and walls else None})
+    return merged
 
 
 def keep(grid: str, dest: str | None = None, root: str | None = None) -> str:
@@ -53,6 +85,10 @@ def keep(grid: str, dest: str | None = None, root: str | None = None) -> str:
         for file_name in TEXT_FILES:
             if (grid_dir / file_name).is_file():
                 (staging / file_name).write_text(_relative_text((grid_dir / file_name).read_text(), base))
+        if (target / "study.json").is_file():  # a grid filled over sessions: keep the earlier sessions' record
+            merged = merge_study_records(json.loads((target / "study.json").read_text()),
+                                         json.loads((staging / "study.json").read_text()))
+            (staging / "study.json").write_text(json.dumps(merged, indent=2) + "\n")
         for png in sorted(grid_dir.glob("*.png")):
             shutil.copy2(png, staging / png.name)
         for file in metrics:
