@@ -84,7 +84,7 @@ def test_run_names_and_arms():
     from tools.probe_runs import arm_of, run_name
 
     assert run_name("runs/study/f3/runs/vq-vq_mixed_seed2") == "vq-vq_mixed_seed2"
-    assert run_name("runs/x/vq_seed1/version_0") == "vq_seed1"
+    assert run_name("runs/x/vq_seed1/version_0") == "vq_seed1" == run_name("runs/x/vq_seed1/test-step000131")
     assert run_name("runs/x/vq_seed1/version_0/checkpoints/last.ckpt") == "vq_seed1"
     assert arm_of("vq-vq-mixed_understanding_scratch_seed12") == ("vq-vq-mixed_understanding_scratch", 12)
     assert arm_of("quickstart") == ("quickstart", None)

@@ -153,6 +153,8 @@ def test_checkpoint_curves_pool_seeds_per_step(tmp_path):
     assert sorted(pooled) == ["vqa/weather", "vqa_by_question/battery_pos", "vqa_by_question/weather_pos"]
     assert [p["mean"] for p in pooled["vqa_by_question/weather_pos"]["points"]] == pytest.approx([0.225, 0.325])
     assert (out / "curve-pooled-vqa-by-question-weather-pos.png").is_file()
+    report([str(r) for r in runs], out=str(out), label_by_name=True)  # c-0, c-1: no _seedN, two labels
+    assert {c["architecture"] for c in json.loads((out / "summary.json").read_text())["pooled_curves"]} == {"c-0", "c-1"}
     report([str(r) for r in runs], out=str(out), curve_metrics=["no/such"])
     assert any("none is evaluated" in n for n in json.loads((out / "summary.json").read_text())["notes"])
 

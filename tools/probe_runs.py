@@ -24,7 +24,7 @@ def run_name(run: str | Path) -> str:
     path = Path(run)
     if path.suffix == ".ckpt":
         path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    if re.fullmatch(r"version_\d+|test", path.name):
+    if re.fullmatch(r"version_\d+|test.*", path.name):  # a fit dir or a test dir (test, test-stepN, test1500)
         path = path.parent
     return path.name or str(run)
 

@@ -152,7 +152,8 @@ def _affine_section(merged: list[Run], summary: dict[str, Any], notes: list[str]
 
 
 def report(runs: list[str] | str, out: str = "report", probe: str | None = None, probe_images: int = 600,
-           groups: dict[str, str] | None = None, curve_metrics: list[str] | None = None) -> str:
+           groups: dict[str, str] | None = None, curve_metrics: list[str] | None = None,
+           label_by_name: bool = False) -> str:
     """Tables and figures over evaluated runs; or, with --probe ATTRIBUTE, the adapter analysis of the runs.
 
     Writes OUT/report.md (mixed vs understanding-only vs generation-only per architecture, mean and 95 %
@@ -171,6 +172,9 @@ def report(runs: list[str] | str, out: str = "report", probe: str | None = None,
         probe_images: fresh test watches rendered for the probe.
         groups: a row label per run dir, in place of its architecture (`unizoo study` labels each run by
             its recipe and override set): runs of one label and mix pool over seeds.
+        label_by_name: label each run by its run folder's name less `_seedN` (`unizoo study` names runs
+            recipe_mix_override_seedS), in place of its architecture: arms of one architecture stay apart
+            (e.g. two grid files sharing one folder). `groups` wins where both name a run.
         curve_metrics: metric names or prefixes (`[vqa_by_question/]`) whose checkpoint curves are pooled over
             seeds, each with a figure; default the headline understanding and generation metrics.
     """
@@ -192,6 +196,10 @@ def report(runs: list[str] | str, out: str = "report", probe: str | None = None,
 
     notes: list[str] = []
     labels = {str(Path(k).resolve()): v for k, v in (groups or {}).items()}
+    if label_by_name:
+        from tools.probe_runs import arm_of, run_name
+
+        labels = {str(Path(r).resolve()): arm_of(run_name(r))[0] for r in runs} | labels
     loaded = [load_run(r, notes) for r in runs]
     for given, run in zip(runs, loaded):
         run.architecture = labels.get(str(Path(given).resolve()), run.architecture)
