@@ -12,19 +12,9 @@ from tools.measure_answers import _reply_loglik, answer_choice, answers, questio
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    import lightning as L
+    from test_probe import smoke_checkpoint
 
-    from zoo.catalog.presets import preset
-    from zoo.config import build
-
-    torch.manual_seed(0)
-    model = build(preset("vq-vq", "smoke"))
-    run = tmp_path_factory.mktemp("run")
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
-    trainer.strategy.connect(model)
-    (run / "checkpoints").mkdir()
-    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
-    return run
+    return smoke_checkpoint(tmp_path_factory.mktemp("run"), "vq-vq")
 
 
 def test_questions_are_the_vqa_conversations_turns_about_the_attribute():

@@ -9,21 +9,25 @@ import torch
 from tools.probe import find_checkpoint, linear_probe, pca, probe, tsne
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def smoke_checkpoint(run, architecture: str):
+    """An untrained smoke-scale `architecture` saved as run/checkpoints/last.ckpt (a run dir the tools load)."""
     import lightning as L
 
     from zoo.catalog.presets import preset
     from zoo.config import build
 
     torch.manual_seed(0)
-    model = build(preset("siglip-siglip", "smoke"))
-    run = tmp_path_factory.mktemp("run")
+    model = build(preset(architecture, "smoke"))
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
     trainer.strategy.connect(model)
     (run / "checkpoints").mkdir()
     trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
     return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return smoke_checkpoint(tmp_path_factory.mktemp("run"), "siglip-siglip")
 
 
 def test_probe_writes_json_and_figure(run_dir, tmp_path, capsys):

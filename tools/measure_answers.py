@@ -125,7 +125,7 @@ def answers(runs: list[str] | str, attribute: str = "weather_pos", images: int =
 
     if threads:
         torch.set_num_threads(threads)
-    found = [r for r in expand_runs(runs)] if not (isinstance(runs, str) and runs.startswith("zoo:")) else [runs]
+    found = expand_runs(runs)  # globs expand; a plain path or "zoo:NAME" passes through
     if not found:
         raise ValueError("measure answers: no runs given")
     results: dict[str, dict[str, Any]] = {}
