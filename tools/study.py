@@ -83,11 +83,12 @@ from typing import Any
 
 import yaml
 
+from tools.report_runs import _STEP  # a checkpoint's step, read from its name as the report reads it
+
 GRID_KEYS = ("name", "out", "recipes", "mixes", "overrides", "seeds", "seed_args", "args", "test", "test_args",
              "curve", "curve_args", "curve_metrics")
 LOGGER = "--trainer.logger.init_args."
 _SAFE = re.compile(r"[^A-Za-z0-9.+-]+")
-_STEP = re.compile(r"step[=_-]?(\d+)")  # as tools/report_runs.py reads a checkpoint's step
 
 
 @dataclass
