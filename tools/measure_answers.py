@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from datamodules.smartwatch.spec import CORNERS, WEATHERS
-from tools.report_stats import Stat
 
 # The closed questions of the smart-watch VQA and their replies (the time and the battery level are open).
 CHOICES = {"weather": WEATHERS, "weather_pos": CORNERS, "battery_pos": CORNERS}
@@ -120,7 +119,7 @@ def answers(runs: list[str] | str, attribute: str = "weather_pos", images: int =
         threads: torch threads (0: leave as is).
     """
     from tools.measure import _run_name, _write
-    from tools.probe_runs import arm_of, run_name
+    from tools.probe_runs import pool_per_arm, run_name
     from tools.report import expand_runs
 
     if threads:
@@ -139,12 +138,7 @@ def answers(runs: list[str] | str, attribute: str = "weather_pos", images: int =
               f"(chance {result['chance']:.3f}, {result['questions']} questions; chosen {result['sum']['chosen']}; "
               f"the watch's other attribute chosen: {result['sum']['chose_other_attribute']})",
               flush=True)
-    arms: dict[str, dict[str, list[float]]] = {}
-    for name, result in results.items():
-        per = arms.setdefault(arm_of(name)[0], {"sum": [], "mean": []})
-        for kind in per:
-            per[kind].append(result[kind]["accuracy"])
-    stats = {arm: {kind: Stat.of(v) for kind, v in per.items()} for arm, per in arms.items()}
+    stats = pool_per_arm({name: {kind: r[kind]["accuracy"] for kind in ("sum", "mean")} for name, r in results.items()})
     chance = next(iter(results.values()))["chance"]
     md = [f"# {attribute} by multiple choice ({split} split)", "",
           f"Each question about {attribute} answered by the most likely of its candidate replies, teacher-forced "

@@ -35,20 +35,25 @@ def arm_of(name: str) -> tuple[str, int | None]:
     return (name[: match.start()], int(match.group(1))) if match else (name, None)
 
 
+def pool_per_arm(values: dict[str, dict[str, float]]) -> dict[str, dict[str, Stat]]:
+    """{run name: {kind: value}} -> {arm: {kind: Stat over the arm's seeds}} (arm: the name less `_seedN`)."""
+    arms: dict[str, dict[str, list[float]]] = {}
+    for name, per_kind in values.items():
+        for kind, value in per_kind.items():
+            arms.setdefault(arm_of(name)[0], {}).setdefault(kind, []).append(value)
+    return {arm: {kind: Stat.of(v) for kind, v in per.items()} for arm, per in arms.items()}
+
+
 def summarize(attribute: str, results: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """Markdown and JSON of probe results keyed by run name: per run, then per arm over its seeds."""
-    arms: dict[str, dict[str, list[float]]] = {}
-    rows = []
+    rows, accuracies = [], {}
     for name, result in results.items():
-        accuracy = {kind: result["features"][kind]["accuracy"] for kind in FEATURES}
+        accuracy = accuracies[name] = {kind: result["features"][kind]["accuracy"] for kind in FEATURES}
         majority = result["features"]["first_token"]["majority"]
         rows.append(f"| {name} | {accuracy['first_token']:.3f} | {accuracy['mean_token']:.3f} | "
                     f"{accuracy['all_tokens']:.3f} | {result['chance']:.3f} | {majority:.3f} |")
-        arm, _ = arm_of(name)
-        for kind in FEATURES:
-            arms.setdefault(arm, {k: [] for k in FEATURES})[kind].append(accuracy[kind])
     chance = next(iter(results.values()))["chance"]
-    stats = {arm: {kind: Stat.of(values[kind]) for kind in FEATURES} for arm, values in arms.items()}
+    stats = pool_per_arm(accuracies)
     md = [f"# Adapter probe: {attribute} after the read projector", "",
           "Linear probe (logistic regression on 80 % of fresh test watches, scored on the other 20 %) of the "
           "projected read tokens: the first visual token, the mean over tokens and all tokens flattened (tools/probe.py). "
