@@ -460,27 +460,38 @@ def study(file: str, workers: int = 1, threads: int | None = None, dry_run: bool
 
     The report's cells are recipe x mix x override set, with the mean and 95 % interval over seeds.
     See the module docstring (`python -c "import tools.study; help(tools.study)"`) for the grid file.
+    A plan file (a `grids:` list of grid files, tools/study_plan.py) runs several grids in one pool.
 
     Rerunning the same command skips finished runs and resumes killed ones from their last checkpoint.
     A failed run is reported with its log path; the rest go on, and the command exits 1 at the end.
 
     Args:
-        file: the grid file (YAML).
+        file: the grid file (YAML), or a plan of grid files.
         workers: runs at a time on this machine.
         threads: torch/OpenMP threads per run (default: the CPU cores this process may use / workers).
         dry_run: print every run's command line (one self-contained shell line each); run nothing.
         emit_commands: write the command lines to this file, one per line (for a SLURM array or any
             launcher); run nothing.
-        out: the grid folder (default: the file's `out`, else runs/study/<name>).
+        out: the grid folder (default: the file's `out`, else runs/study/<name>); not for a plan.
         only: run (or print) only the runs whose name matches this shell pattern, e.g. "vq-vq-mixed_*";
             the report still covers every finished run of the grid.
     """
-    grid = load_grid(file, out)
-    selected = grid.runs
+    from tools.study_plan import is_plan, load_plan
+
+    plan = None
+    if is_plan(file):
+        if out is not None:
+            raise ValueError(f"study: {file} is a plan: each of its grids has its own folder, so --out does not apply")
+        plan = load_plan(file)
+        entries = [(g, plan.selected[g.file]) for g in plan.grids]
+    else:
+        grid = load_grid(file, out)
+        entries = [(grid, {r.name for r in grid.runs})]
     if only is not None:
-        selected = [r for r in grid.runs if fnmatch.fnmatchcase(r.name, only)]
-        if not selected:
-            raise ValueError(f"study: --only {only!r} matches none of {[r.name for r in grid.runs]}")
+        entries = [(g, {n for n in chosen if fnmatch.fnmatchcase(n, only)}) for g, chosen in entries]
+        if not any(chosen for _, chosen in entries):
+            raise ValueError(f"study: --only {only!r} matches none of "
+                             f"{[n for g, chosen in entries for n in sorted(r.name for r in g.runs)]}")
     if workers < 1:
         raise ValueError(f"study: --workers must be >= 1, got {workers}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -488,51 +499,77 @@ def study(file: str, workers: int = 1, threads: int | None = None, dry_run: bool
     if threads < 1:
         raise ValueError(f"study: --threads must be >= 1, got {threads}")
     if dry_run or emit_commands:
-        lines = [command_line(r, threads) for r in selected]
+        lines = [command_line(r, threads) for g, chosen in entries for r in g.runs if r.name in chosen]
         if emit_commands:
             target = Path(emit_commands)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text("\n".join(lines) + "\n")
-            print(f"study {grid.name}: {len(lines)} command lines written to {target}", file=sys.stderr)
+            print(f"study {plan.name if plan else entries[0][0].name}: {len(lines)} command lines written to {target}",
+                  file=sys.stderr)
         if dry_run:
             print("\n".join(lines))
         return str(emit_commands or "")
-    return _run_grid(grid, workers, threads, {r.name for r in selected})
+    if plan is not None:
+        from tools.study_plan import run_plan
+
+        return run_plan(plan, entries, workers, threads)
+    grid, chosen = entries[0]
+    return str(_run_grids([(grid, chosen)], workers, threads)[0])
 
 
-def _run_grid(grid: Grid, workers: int, threads: int, selected: set[str] | None = None) -> str:
+def _run_grids(entries: list[tuple[Grid, set[str]]], workers: int, threads: int,
+               plan: str | None = None) -> list[Path]:
+    """Run the chosen runs of each grid in one pool of `workers`; each grid is summarised and reported as
+    soon as its own last run ends. Returns each grid's study.json; exits 1 at the end if any run failed."""
+    from collections import Counter
+
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    grid.out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True, soft_wrap=True)  # paths stay whole on one line
     started, t0 = _now(), time.monotonic()
-    results: dict[str, dict[str, Any]] = {}
-    todo = []
-    for run in grid.runs:
-        if run.done.is_file() and not (run.curve_missing() and (selected is None or run.name in selected)):
-            results[run.name] = {"status": "skipped"}
-        elif selected is not None and run.name not in selected:
-            results[run.name] = {"status": "not selected"}  # --only: left for another invocation
-        else:
-            todo.append(run)
-    console.print(f"study {grid.name}: {len(grid.runs)} runs ({len(results)} already done or not selected, "
-                  f"{len(todo)} to run), "
-                  f"{workers} worker(s) x {threads} thread(s), folder {grid.out}")
+    results: dict[Path, dict[str, dict[str, Any]]] = {}
+    todo: list[tuple[Grid, Run]] = []
+    for grid, selected in entries:
+        grid.out.mkdir(parents=True, exist_ok=True)
+        results[grid.file] = mine = {}
+        for run in grid.runs:
+            if run.done.is_file() and not (run.curve_missing() and run.name in selected):
+                mine[run.name] = {"status": "skipped"}
+            elif run.name not in selected:
+                mine[run.name] = {"status": "not selected"}  # --only: left for another invocation
+            else:
+                todo.append((grid, run))
+        waiting = sum(g is grid for g, _ in todo)
+        console.print(f"study {grid.name}: {len(grid.runs)} runs ({len(mine)} already done or not selected, "
+                      f"{waiting} to run), {workers} worker(s) x {threads} thread(s), folder {grid.out}")
+    left = Counter(grid.file for grid, _ in todo)
+    summaries: dict[Path, Path] = {}
+
+    def finish(grid: Grid) -> None:  # this grid's runs are all over: its summary and report, now
+        summaries[grid.file] = _write_summary(grid, results[grid.file], workers, threads, started,
+                                              time.monotonic() - t0, plan)
+        _report(grid, results[grid.file], console, summaries[grid.file])
+
+    total = sum(len(g.runs) for g, _ in entries)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    title = f"plan {Path(plan).stem}" if plan else f"study {entries[0][0].name}"
     with Progress(*columns, console=console) as progress:
-        bar = progress.add_task(f"study {grid.name}", total=len(grid.runs), completed=len(results))
+        bar = progress.add_task(title, total=total, completed=total - len(todo))
+        for grid, _ in entries:
+            if not left[grid.file]:
+                finish(grid)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(run_one, run, threads): run for run in todo}
+            futures = {pool.submit(run_one, run, threads): (grid, run) for grid, run in todo}
             try:
                 for future in as_completed(futures):
-                    run = futures[future]
+                    grid, run = futures[future]
                     try:
                         result = future.result()
                     except Exception as err:  # the runner's own failure (disk full, ...): still only this run
                         result = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-                    results[run.name] = result
+                    results[grid.file][run.name] = result
                     if result["status"] == "done":
                         wall = _walls(run)["wall_s"]
                         text = f"done    {run.name}" + (f" ({wall:.0f} s)" if wall is not None else "")
@@ -541,23 +578,29 @@ def _run_grid(grid: Grid, workers: int, threads: int, selected: set[str] | None 
                         text = escape(f"{run.name}: {result['error']}; log: {run.log}")
                         progress.console.print(f"[red]FAILED[/red]  {text}", highlight=False)
                     progress.advance(bar)
+                    left[grid.file] -= 1
+                    if not left[grid.file]:
+                        finish(grid)
             except BaseException:  # Ctrl-C: start no further run (running ones get the terminal's SIGINT too)
                 for future in futures:
                     future.cancel()
                 raise
     wall = time.monotonic() - t0
-    failed = [r for r in grid.runs if results[r.name]["status"] == "failed"]
-    summary_path = _write_summary(grid, results, workers, threads, started, wall)
-    _report(grid, results, console, summary_path)
-    ran = sum(r["status"] in ("done", "failed") for r in results.values())
-    finished = sum(r.done.is_file() for r in grid.runs)
-    console.print(f"study {grid.name}: {finished}/{len(grid.runs)} runs done "
-                  f"({ran} run now, {len(failed)} failed) in {wall:.0f} s; summary {summary_path}")
-    for run in failed:
-        console.print(f"  failed: {run.name}: {results[run.name]['error']}; log: {run.log}", markup=False, highlight=False)
-    if failed:
+    any_failed = False
+    for grid, _ in entries:
+        failed = [r for r in grid.runs if results[grid.file][r.name]["status"] == "failed"]
+        ran = sum(r["status"] in ("done", "failed") for r in results[grid.file].values())
+        finished = sum(r.done.is_file() for r in grid.runs)
+        console.print(f"study {grid.name}: {finished}/{len(grid.runs)} runs done "
+                      f"({ran} run now, {len(failed)} failed) in {wall:.0f} s; summary {summaries[grid.file]}")
+        for run in failed:
+            console.print(f"  failed: {run.name}: {results[grid.file][run.name]['error']}; log: {run.log}",
+                          markup=False, highlight=False)
+        any_failed = any_failed or bool(failed)
+    paths = [summaries[grid.file] for grid, _ in entries]
+    if any_failed and plan is None:
         raise SystemExit(1)
-    return str(summary_path)
+    return paths
 
 
 def _covered_seconds(invocations: list[dict[str, Any]]) -> float:
@@ -583,7 +626,7 @@ def _covered_seconds(invocations: list[dict[str, Any]]) -> float:
 
 
 def _write_summary(grid: Grid, results: dict[str, dict[str, Any]], workers: int, threads: int, started: str,
-                   wall: float) -> Path:
+                   wall: float, plan: str | None = None) -> Path:
     """OUT/study.json: every run's status and wall time, and this invocation appended to the earlier ones."""
     path = grid.out / "study.json"
     previous = _read_json(path) or {}
@@ -592,7 +635,8 @@ def _write_summary(grid: Grid, results: dict[str, dict[str, Any]], workers: int,
     invocations.append({"started": started, "grid_file": str(grid.file), "wall_s": round(wall, 3), "workers": workers,
                         "threads": threads,
                         "ran": statuses.count("done") + statuses.count("failed"),
-                        "skipped": statuses.count("skipped"), "failed": statuses.count("failed")})
+                        "skipped": statuses.count("skipped"), "failed": statuses.count("failed"),
+                        **({"plan": plan} if plan else {})})  # in a plan: the wall until this grid's last run ended
     runs = []
     for run in grid.runs:
         result = results.get(run.name, {})
