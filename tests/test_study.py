@@ -196,6 +196,9 @@ def test_grid_resumes_a_killed_run_skips_the_finished_one_and_reports_a_failed_o
     assert summary["grid_wall_s"] > 0 and summary["run_wall_s"] >= status[killed.name]["wall_s"] > 0
     md = (out / "report.md").read_text()
     assert "recipe [plain]" in md and "recipe [killed]" in md and "recipe [bad]" not in md
+    compute = md[md.index("## Compute"):]  # the grid's budget: wall vs summed runs, each invocation, each run
+    assert f"speed-up {summary['parallel_speedup']}" in compute and compute.count("| 2 x 1 |") == 2
+    assert f"| {killed.name} | {status[killed.name]['wall_s']:.0f} s |" in compute and "| 3 |" in compute
     assert list(out.glob("*.png")) and summary["report"] == str(out / "report.md")
 
 

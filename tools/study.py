@@ -50,6 +50,11 @@ run is reported with its log path and the others go on; the command exits with s
 `--only PATTERN` runs (or prints) only the runs whose name matches a shell pattern (`"vq-vq-mixed_*"`); the
 others wait for another invocation, and the report covers every finished run.
 
+A plan file (`grids:` a list of grid files, each with an optional `only` selection; tools/study_plan.py) runs
+several grids in one pool: `unizoo study recipes/study/one-day.yaml --workers 4 --threads 1`. Each grid keeps its
+folder, study.json and report (made when its own last run ends); the plan's OUT/plan.json has its wall time
+against the sum of its runs' walls.
+
 `--dry-run` prints each run's command line, `--emit-commands FILE` writes them one per line; nothing runs.
 Each line is self-contained shell (POSIX sh): it changes to this directory, skips a run whose done.json
 exists, appends to the run's log.txt, and writes done.json when fit and test succeeded, so a SLURM array
@@ -669,6 +674,31 @@ def _write_summary(grid: Grid, results: dict[str, dict[str, Any]], workers: int,
     return path
 
 
+def compute_section(summary: dict[str, Any]) -> str:
+    """The report's "Compute" section from a grid's study.json: grid wall vs summed run walls, per invocation."""
+    def hours(seconds: Any) -> str:
+        return "-" if seconds is None else f"{float(seconds) / 3600:.2f} h"
+
+    lines = ["## Compute", "",
+             f"Grid wall {hours(summary.get('grid_wall_s'))} (overlapping invocations counted once) for "
+             f"{hours(summary.get('run_wall_s'))} of run wall added up over {summary.get('runs_timed', 0)} timed runs "
+             f"of {summary.get('runs_total', 0)} (speed-up {summary.get('parallel_speedup') or '-'}; "
+             f"{summary.get('done', 0)} done). Reproduce: `{summary.get('command', '')}`.", "",
+             "| invocation started | wall | workers x threads | ran | skipped | failed | plan |", "|---|---|---|---|---|---|---|"]
+    for inv in summary.get("invocations", []):
+        if inv.get("grid_file", summary.get("grid_file")) != summary.get("grid_file"):
+            continue  # another grid file sharing this folder
+        lines.append(f"| {inv.get('started', '?')} | {hours(inv.get('wall_s'))} | {inv.get('workers', '?')} x "
+                     f"{inv.get('threads', '?')} | {inv.get('ran', '?')} | {inv.get('skipped', '?')} | "
+                     f"{inv.get('failed', '?')} | {Path(inv['plan']).name if inv.get('plan') else '-'} |")
+    timed = [r for r in summary.get("runs", []) if r.get("wall_s") is not None]
+    if timed:
+        lines += ["", "| run | wall | fit | tests | attempts |", "|---|---|---|---|---|"]
+        lines += [f"| {r['name']} | {r['wall_s']:.0f} s | {r.get('fit_wall_s') or 0:.0f} s | {r.get('test_wall_s') or 0:.0f} s "
+                  f"| {r.get('attempts', '?')} |" for r in timed]
+    return "\n".join(lines) + "\n"
+
+
 def _report(grid: Grid, results: dict[str, dict[str, Any]], console: Any, summary_path: Path) -> None:
     """`unizoo report` over the finished runs into the grid folder; its outcome recorded in study.json."""
     if not grid.test:
@@ -688,6 +718,8 @@ def _report(grid: Grid, results: dict[str, dict[str, Any]], console: Any, summar
     try:
         data["report"] = report(list(groups), out=str(grid.out), groups=groups, curve_metrics=grid.curve_metrics)
         data["report_error"] = None
+        with open(data["report"], "a") as f:  # the budget beside the numbers it bought
+            f.write("\n" + compute_section(data))
     except Exception as err:  # the runs stay done; the report can be redone with `unizoo report`
         console.print(f"[red]study: report failed[/red]: {type(err).__name__}: {err}")
         data["report"], data["report_error"] = None, f"{type(err).__name__}: {err}"
