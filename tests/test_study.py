@@ -193,6 +193,9 @@ def test_grid_resumes_a_killed_run_skips_the_finished_one_and_reports_a_failed_o
     assert summary["failed"] == [bad.name] and len(summary["invocations"]) == 2
     assert summary["invocations"][1]["skipped"] == 1 and summary["workers"] == 2 and summary["threads"] == 1
     assert status[killed.name]["attempts"] == 3  # killed fit, resumed fit, test
+    from tools.machine import machine_info
+
+    assert status[killed.name]["machine"] == machine_info()  # what a bit-for-bit rerun must match
     assert summary["grid_wall_s"] > 0 and summary["run_wall_s"] >= status[killed.name]["wall_s"] > 0
     md = (out / "report.md").read_text()
     assert "recipe [plain]" in md and "recipe [killed]" in md and "recipe [bad]" not in md

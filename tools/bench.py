@@ -39,6 +39,7 @@ from tools.bench_suites import (  # noqa: F401
     peak_rss,
 )
 from tools.bench_timers import LMTimer, _time_encoders  # noqa: F401
+from tools.machine import machine_info
 
 SUITES = ("train", "generate", "data", "memory", "study")
 TARGETS = {"outside_lm_share": 0.10, "kv_speedup_256_b16": 10.0, "kv_speedup_b1": 1.0,
@@ -95,7 +96,7 @@ def run_benchmarks(suites: tuple[str, ...] = SUITES, quick: bool = False, recipe
 def _meta(quick: bool) -> dict[str, Any]:
     return {"quick": quick, "load_before": os.getloadavg(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info()}
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:

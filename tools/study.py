@@ -88,6 +88,7 @@ from typing import Any
 
 import yaml
 
+from tools.machine import machine_info
 from tools.report_runs import _STEP  # a checkpoint's step, read from its name as the report reads it
 
 GRID_KEYS = ("name", "out", "recipes", "mixes", "overrides", "seeds", "seed_args", "args", "test", "test_args",
@@ -427,7 +428,7 @@ def run_one(run: Run, threads: int, cwd: Path | None = None) -> dict[str, Any]:
         checkpoint = final_checkpoint(run)
         if checkpoint is None and run.test_args is not None:
             return {"status": "failed", "error": f"fit wrote no checkpoint in {run.fit_dir / 'checkpoints'}"}
-        fit_record = {"finished": _now(), "wall_s": round(wall, 3), "checkpoint": checkpoint}
+        fit_record = {"finished": _now(), "wall_s": round(wall, 3), "checkpoint": checkpoint, "machine": machine_info()}
         write_json_atomic(run.dir / "fit.json", fit_record)
     tested = run.done.is_file() and (run.test_dir / "eval" / "metrics.json").is_file()  # a done run back for its curve
     if run.test_args is not None and not tested:
@@ -440,7 +441,8 @@ def run_one(run: Run, threads: int, cwd: Path | None = None) -> dict[str, Any]:
             return {"status": "failed", "error": _failure(f"test of step {step}", rc, run)}
     summary = _walls(run)
     write_json_atomic(run.done, {"finished": _now(), "threads": threads, "checkpoint": fit_record.get("checkpoint"),
-                                 "fit": shlex.join(run.fit), **summary})
+                                 "fit": shlex.join(run.fit), "machine": fit_record.get("machine"),
+                                 "tested_on": machine_info(), **summary})
     return {"status": "done"}
 
 
@@ -651,7 +653,7 @@ def _write_summary(grid: Grid, results: dict[str, dict[str, Any]], workers: int,
                      "seed": run.seed, "group": run.group,
                      "status": "done" if marker is not None else result.get("status", "pending"),
                      "error": result.get("error"), "external": bool(marker and marker.get("external")),
-                     **walls, "dir": str(run.dir), "log": str(run.log),
+                     **walls, "machine": (marker or {}).get("machine"), "dir": str(run.dir), "log": str(run.log),
                      "test_dir": str(run.test_dir) if run.test_args is not None else None})
     known = [r["wall_s"] for r in runs if r["wall_s"] is not None]
     # Another grid file may share this OUT folder (a subset of seeds, say): its invocations ran other runs,
