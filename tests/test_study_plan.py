@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = Path(__file__).resolve().parent / "data" / "study-tiny.yaml"
 
 
-def _write(path: Path, spec: dict) -> Path:
+def _write(path: Path, spec: dict | list) -> Path:
     path.write_text(yaml.safe_dump(spec))
     return path
 
@@ -57,6 +57,7 @@ def test_a_plan_runs_each_grids_selection_and_a_grid_listed_twice_once(tmp_path,
     ({"grids": [{"file": str(EXAMPLE), "seeds": [0]}]}, "unknown key"),
     ({"grids": [str(EXAMPLE)], "out2": "x"}, "unknown key"),
     ({"grids": [str(EXAMPLE), "copy.yaml"]}, "written by both"),
+    ([str(EXAMPLE)], "must be a mapping"),
 ])
 def test_bad_plans_are_refused_with_the_reason(tmp_path, monkeypatch, spec, message):
     monkeypatch.chdir(ROOT)
