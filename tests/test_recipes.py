@@ -262,9 +262,11 @@ def test_stage_two_recipe_starts_from_its_stage_one_weights(path, capsys, monkey
 @pytest.mark.parametrize("path", sorted(GRIDS.glob("*.yaml")), ids=_rel)
 def test_study_grid_files_load_and_name_existing_recipes(path, monkeypatch):
     from tools.study import load_grid
+    from tools.study_plan import is_plan, load_plan
 
     monkeypatch.chdir(ROOT)
-    grid = load_grid(path)
-    assert grid.runs, path
-    for run in grid.runs:
-        assert Path(run.recipe).is_file(), (path, run.recipe)
+    grids = load_plan(path).grids if is_plan(path) else [load_grid(path)]  # a plan: the grid files it names
+    for grid in grids:
+        assert grid.runs, path
+        for run in grid.runs:
+            assert Path(run.recipe).is_file(), (path, run.recipe)
