@@ -684,8 +684,9 @@ def compute_section(summary: dict[str, Any]) -> str:
     lines = ["## Compute", "",
              f"Grid wall {hours(summary.get('grid_wall_s'))} (overlapping invocations counted once) for "
              f"{hours(summary.get('run_wall_s'))} of run wall added up over {summary.get('runs_timed', 0)} timed runs "
-             f"of {summary.get('runs_total', 0)} (speed-up {summary.get('parallel_speedup') or '-'}; "
-             f"{summary.get('done', 0)} done). Reproduce: `{summary.get('command', '')}`.", "",
+             f"of {summary.get('runs_total', 0)} (speed-up {summary.get('parallel_speedup') or '-'} on "
+             f"{os.cpu_count()} cores: above the core count, runs shared cores and their walls include the wait; "
+             f"{summary.get('done', 0)} done). Last invocation: `{summary.get('command', '')}`.", "",
              "| invocation started | wall | workers x threads | ran | skipped | failed | plan |", "|---|---|---|---|---|---|---|"]
     for inv in summary.get("invocations", []):
         if inv.get("grid_file", summary.get("grid_file")) != summary.get("grid_file"):
