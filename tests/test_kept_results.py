@@ -27,13 +27,20 @@ def _grid_of(summary: Path) -> Path:
     return next(p for p in summary.parents if p.parent == RESULTS)
 
 
+def _arm_dirs(summary: Path, arm: str) -> list[Path]:
+    """The kept test folders of one arm of a compare: the metrics files it read (`read`, newer compares, which
+    may name another kept grid's runs), else found from the runs' names in the compare's own grid."""
+    record = json.loads(summary.read_text())
+    if "read" in record:
+        return [RESULTS.parent.parent / Path(f).parent.parent for f in record["read"][arm]]
+    return [_kept_test_dir(_grid_of(summary), r) for r in record[arm]]
+
+
 def _reproducible() -> list[Path]:
     """Every kept compare.json whose runs are all kept with the config that labels them (seed, mix)."""
     found = []
     for summary in sorted(RESULTS.glob("*/**/compare.json")):
-        grid = _grid_of(summary)
-        record = json.loads(summary.read_text())
-        dirs = [_kept_test_dir(grid, r) for r in record["treatment"] + record["control"]]
+        dirs = _arm_dirs(summary, "treatment") + _arm_dirs(summary, "control")
         if all((d / "config.yaml").is_file() and (d / "eval" / "metrics.json").is_file() for d in dirs):
             found.append(summary)
     return found
@@ -45,10 +52,9 @@ def test_some_kept_compare_can_be_rechecked():
 
 @pytest.mark.parametrize("summary", _reproducible(), ids=lambda p: str(p.relative_to(RESULTS)))
 def test_kept_compare_reproduces(summary, tmp_path):
-    grid = _grid_of(summary)
     record = json.loads(summary.read_text())
-    compare([str(_kept_test_dir(grid, r)) for r in record["treatment"]],
-            [str(_kept_test_dir(grid, r)) for r in record["control"]], out=str(tmp_path),
+    compare([str(d) for d in _arm_dirs(summary, "treatment")], [str(d) for d in _arm_dirs(summary, "control")],
+            out=str(tmp_path),
             metrics=[m["metric"] for m in record["metrics"]], names=tuple(record["names"]))
     again = json.loads((tmp_path / "compare.json").read_text())
     assert again["seeds"] == record["seeds"]

@@ -162,8 +162,12 @@ def compare(treatment: list[str] | str, control: list[str] | str, out: str = "co
           "## Notes", "", *([f"- {n}" for n in notes] or ["- none"]), ""]
     paired_figure(records, tuple(names), seeds).savefig(out_dir / "compare.png", dpi=110)
     (out_dir / "compare.md").write_text("\n".join(md))
+    # The metrics files behind each value, so a kept compare can be re-read from the copies it used (two kept
+    # grids may hold runs of the same name: a rerun on another machine).
+    read = {arm: [_shown(str(runs[s].final_source())) for s in seeds]
+            for arm, runs in (("treatment", treated), ("control", controls))}
     summary: dict[str, Any] = {"names": list(names), "seeds": seeds, "treatment": shown[0], "control": shown[1],
-                               "metrics": records, "notes": notes}
+                               "read": read, "metrics": records, "notes": notes}
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"compare: {out_dir / 'compare.md'} ({len(seeds)} paired seeds, {len(records)} metrics, {len(notes)} notes)")
     return str(out_dir / "compare.md")

@@ -35,9 +35,14 @@ class Run:
 
     def final(self) -> dict[str, float] | None:
         """Metrics of the final evaluation (no step), else of the latest step."""
-        if not self.evals:
-            return None
-        return max(self.evals, key=lambda e: math.inf if e[0] is None else e[0])[1]
+        return self._final_eval()[1] if self.evals else None
+
+    def final_source(self) -> str | None:
+        """The metrics file the final evaluation was read from."""
+        return self._final_eval()[2] if self.evals else None
+
+    def _final_eval(self) -> tuple[int | None, dict[str, float], str]:
+        return max(self.evals, key=lambda e: math.inf if e[0] is None else e[0])
 
     def curve(self) -> list[tuple[int, dict[str, float]]]:
         """Evaluations at known steps, in step order."""
