@@ -194,20 +194,26 @@ def _name(text: str) -> str:
     return _SAFE.sub("-", text).strip("-") or "x"
 
 
-def load_grid(file: str | os.PathLike, out: str | None = None) -> Grid:
-    """Parse and check a grid file (schema: the module docstring); `out` replaces its `out`."""
-    path = Path(file)
+def read_spec(path: Path, kind: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A YAML mapping file of `kind` ('grid', 'plan') whose keys are all in `keys`; clear errors otherwise."""
     if not path.is_file():
-        raise FileNotFoundError(f"study: grid file not found: {path}")
+        raise FileNotFoundError(f"study: {kind} file not found: {path}")
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(spec, dict):
-        raise ValueError(f"{path}: a grid file must be a mapping (keys {', '.join(GRID_KEYS)})")
-    unknown = sorted(set(spec) - set(GRID_KEYS))
+        raise ValueError(f"{path}: a {kind} file must be a mapping (keys {', '.join(keys)})")
+    unknown = sorted(set(spec) - set(keys))
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; a grid has {', '.join(GRID_KEYS)}")
+        raise ValueError(f"{path}: unknown key(s) {unknown}; a {kind} has {', '.join(keys)}")
+    return spec
+
+
+def load_grid(file: str | os.PathLike, out: str | None = None) -> Grid:
+    """Parse and check a grid file (schema: the module docstring); `out` replaces its `out`."""
+    path = Path(file)
+    spec = read_spec(path, "grid", GRID_KEYS)
     name = str(spec.get("name") or path.stem)
     grid_out = Path(out or spec.get("out") or Path("runs") / "study" / _name(name)).absolute()
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from tools.study import Grid, load_grid
+from tools.study import Grid, load_grid, read_spec
 
 PLAN_KEYS = ("name", "out", "grids")
 ENTRY_KEYS = ("file", "only")
@@ -64,17 +64,7 @@ def _patterns(value: object, where: str) -> list[str] | None:
 def load_plan(file: str | os.PathLike) -> Plan:
     """Parse and check a plan file (schema: the module docstring); every grid in it is parsed too."""
     path = Path(file)
-    if not path.is_file():
-        raise FileNotFoundError(f"study: plan file not found: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: a plan must be a mapping (keys {', '.join(PLAN_KEYS)})")
-    unknown = sorted(set(spec) - set(PLAN_KEYS))
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; a plan has {', '.join(PLAN_KEYS)}")
+    spec = read_spec(path, "plan", PLAN_KEYS)
     entries = spec.get("grids")
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: `grids` must be a non-empty list of {{file: GRID.yaml, only: [...]}}")
