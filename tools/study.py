@@ -533,7 +533,8 @@ def study(file: str, workers: int = 1, threads: int | None = None, dry_run: bool
 def _run_grids(entries: list[tuple[Grid, set[str]]], workers: int, threads: int,
                plan: str | None = None) -> list[Path]:
     """Run the chosen runs of each grid in one pool of `workers`; each grid is summarised and reported as
-    soon as its own last run ends. Returns each grid's study.json; exits 1 at the end if any run failed."""
+    soon as its own last run ends. Returns each grid's study.json; a lone grid (no `plan`) exits 1 at the end if
+    any run failed (a plan writes plan.json first, then exits 1)."""
     from collections import Counter
 
     from rich.console import Console

@@ -88,8 +88,8 @@ def load_plan(file: str | os.PathLike) -> Plan:
         chosen = {r.name for r in grid.runs if patterns is None or any(fnmatch.fnmatchcase(r.name, p) for p in patterns)}
         if not chosen:
             raise ValueError(f"{where}: `only` {patterns} matches none of {[r.name for r in grid.runs]}")
-        for run in grid.runs:  # two grid files running one folder would race on it
-            other = owner.setdefault(run.dir, str(grid.file)) if run.name in chosen else str(grid.file)
+        for run in (r for r in grid.runs if r.name in chosen):  # two grid files running one folder would race on it
+            other = owner.setdefault(run.dir, str(grid.file))
             if other != str(grid.file):
                 raise ValueError(f"{where}: run folder {run.dir} is written by both {other} and {grid.file}")
         if grid.file in plan.selected:  # the same grid listed twice: one grid, the union of the selections
@@ -121,10 +121,10 @@ def run_plan(plan: Plan, entries: list[tuple[Grid, set[str]]], workers: int, thr
         rows.append({"grid_file": str(grid.file), "out": str(grid.out), "study": str(summary), "selected": len(chosen),
                      "done": sum(r.get("status") == "done" for r in runs), "run_wall_s": round(sum(timed), 3),
                      "runs_timed": len(timed)})
-    statuses = sum(r["selected"] for r in rows)
+    selected = sum(r["selected"] for r in rows)
     invocations = [i for i in previous.get("invocations", []) if isinstance(i, dict)]
     invocations.append({"started": started, "wall_s": round(wall, 3), "workers": workers, "threads": threads,
-                        "runs": statuses, "failed": len(failed)})
+                        "runs": selected, "failed": len(failed)})
     plan_wall = _covered_seconds(invocations)
     run_wall = sum(r["run_wall_s"] for r in rows)
     write_json_atomic(path, {
@@ -133,10 +133,10 @@ def run_plan(plan: Plan, entries: list[tuple[Grid, set[str]]], workers: int, thr
         "plan_wall_s": round(plan_wall, 3),  # time any invocation of this plan was running (overlaps once)
         "run_wall_s": round(run_wall, 3),  # the chosen runs' attempts, added up
         "parallel_speedup": round(run_wall / plan_wall, 3) if plan_wall > 0 and run_wall > 0 else None,
-        "done": sum(r["done"] for r in rows), "runs": statuses, "failed": failed,
+        "done": sum(r["done"] for r in rows), "runs": selected, "failed": failed,
         "grids": rows, "invocations": invocations,
     })
-    print(f"plan {plan.name}: {sum(r['done'] for r in rows)}/{statuses} runs done over {len(rows)} grids in "
+    print(f"plan {plan.name}: {sum(r['done'] for r in rows)}/{selected} runs done over {len(rows)} grids in "
           f"{wall:.0f} s (all invocations: {plan_wall:.0f} s of wall for {run_wall:.0f} s of runs); {path}", file=sys.stderr)
     if failed:
         raise SystemExit(1)
