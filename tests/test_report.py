@@ -279,3 +279,24 @@ def test_a_kept_runs_tests_join_into_one_curve_without_its_fit_dir(tmp_path):
     assert [(p["step"], p["n"]) for p in pooled] == [(100, 2), (200, 2)] and pooled[0]["mean"] == pytest.approx(0.45)
     final = next(g for g in summary["groups"] if g["metric"] == "vqa/total" and g["mix"] == "mixed")
     assert final["mean"] == pytest.approx(0.9) and final["n"] == 2  # the final tests, not the checkpoints
+
+
+def test_curve_legends_sit_below_the_axes_without_the_shared_backbone():
+    """Long architecture labels once covered the curves: the legend goes under the axes, one entry per line,
+    and the backbone every label shares moves to the title."""
+    from tools.report_figures import _pooled_curve_figure
+    from tools.report_stats import Stat
+
+    arch = "SeparateSpacesVLM(SiglipVisionModel[zoo:a] -> VQTokenizer[zoo:b, tiny]) on LanguageBackbone[h128x4]"
+    cells = {(arch, mix): [(131, Stat(0.4, 0.1, 3)), (262, Stat(0.5, 0.1, 3))] for mix in ("mixed", "understanding")}
+    fig = _pooled_curve_figure(cells, "vqa/total", chance=0.4)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    fig.tight_layout()
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend()
+    assert legend.get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y0
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert all("LanguageBackbone" not in label for label in labels) and "LanguageBackbone[h128x4]" in ax.get_title()

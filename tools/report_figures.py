@@ -21,16 +21,41 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
+def _without_common_backbone(architectures: list[str]) -> tuple[list[str], str]:
+    """The labels less a backbone (" on ...") they all share, and that shared part (for the title)."""
+    backbones = {a.split(" on ", 1)[1].split(" s=")[0] for a in architectures if " on " in a}
+    if len(backbones) == 1 and architectures and all(" on " in a for a in architectures):
+        common = f" on {backbones.pop()}"
+        return [a.replace(common, "") for a in architectures], common
+    return list(architectures), ""
+
+
 def _tick_labels(architectures: list[str]) -> tuple[list[str], str]:
     """Wrapped axis labels; a backbone shared by all is moved to the title."""
     import textwrap
 
-    backbones = {a.split(" on ", 1)[1].split(" s=")[0] for a in architectures if " on " in a}
-    common = ""
-    if len(backbones) == 1 and all(" on " in a for a in architectures):
-        common = f" on {backbones.pop()}"
-        architectures = [a.replace(common, "") for a in architectures]
-    return [textwrap.fill(a, 22) for a in architectures], common
+    labels, common = _without_common_backbone(architectures)
+    return [textwrap.fill(a, 22) for a in labels], common
+
+
+def _legend_below(fig: Any, ax: Any, common: str = "") -> None:
+    """The legend under the axes, one entry per line, so long architecture labels never cover the curves;
+    the figure grows with the entries and a backbone shared by every label goes to the title."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    lines = sum(label.count("\n") + 1 for label in labels)
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + 0.14 * lines)
+    ax.legend(handles, labels, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+    if common:
+        ax.set_title(common.strip(), fontsize=7)
+
+
+def _wrapped(labels: list[str], width: int = 110) -> list[str]:
+    import textwrap
+
+    return [textwrap.fill(label, width) for label in labels]
 
 
 def _mix_figure(stats: dict, architectures: list[str], mixes: list[str], metric: str, chance: float | None):
@@ -64,13 +89,14 @@ def _curve_figure(series: list[Run], metric: str):
 
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    for run in series:
+    names, common = _without_common_backbone([run.architecture for run in series])
+    for run, name in zip(series, _wrapped(names)):
         points = [(s, m[metric]) for s, m in run.curve() if metric in m]
         if points:
-            ax.plot(*zip(*points), marker="o", label=f"{run.architecture} | {run.mix} | seed {run.seed}")
+            ax.plot(*zip(*points), marker="o", label=f"{name} | {run.mix} | seed {run.seed}")
     ax.set_xlabel("training step")
     ax.set_ylabel(metric)
-    ax.legend(fontsize=6)
+    _legend_below(fig, ax, common)
     return fig
 
 
@@ -80,11 +106,13 @@ def _pooled_curve_figure(cells: dict[tuple[str, str], list[tuple[int, Stat]]], m
 
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    for (architecture, mix), points in sorted(cells.items()):
+    ordered = sorted(cells.items())
+    names, common = _without_common_backbone([architecture for (architecture, _), _ in ordered])
+    for ((_, mix), points), name in zip(ordered, _wrapped(names)):
         steps = [s for s, _ in points]
         means = [st.mean for _, st in points]
         n = max(st.n for _, st in points)
-        line = ax.plot(steps, means, marker="o", label=f"{architecture} | {mix} (n={n})")[0]
+        line = ax.plot(steps, means, marker="o", label=f"{name} | {mix} (n={n})")[0]
         if any(st.half is not None for _, st in points):
             half = [st.half or 0.0 for _, st in points]
             ax.fill_between(steps, [m - h for m, h in zip(means, half)], [m + h for m, h in zip(means, half)],
@@ -93,7 +121,7 @@ def _pooled_curve_figure(cells: dict[tuple[str, str], list[tuple[int, Stat]]], m
         ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
     ax.set_xlabel("training step")
     ax.set_ylabel(f"{metric} (mean over seeds, 95 % t interval)")
-    ax.legend(fontsize=6)
+    _legend_below(fig, ax, common)
     return fig
 
 
