@@ -284,14 +284,14 @@ def test_a_kept_runs_tests_join_into_one_curve_without_its_fit_dir(tmp_path):
 def test_curve_legends_sit_below_the_axes_without_the_shared_backbone():
     """Long architecture labels once covered the curves: the legend goes under the axes, one entry per line,
     and the backbone every label shares moves to the title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     from tools.report_figures import _pooled_curve_figure
     from tools.report_stats import Stat
 
     arch = "SeparateSpacesVLM(SiglipVisionModel[zoo:a] -> VQTokenizer[zoo:b, tiny]) on LanguageBackbone[h128x4]"
     cells = {(arch, mix): [(131, Stat(0.4, 0.1, 3)), (262, Stat(0.5, 0.1, 3))] for mix in ("mixed", "understanding")}
     fig = _pooled_curve_figure(cells, "vqa/total", chance=0.4)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     FigureCanvasAgg(fig).draw()
     fig.tight_layout()
     ax = fig.axes[0]

@@ -32,10 +32,8 @@ def _without_common_backbone(architectures: list[str]) -> tuple[list[str], str]:
 
 def _tick_labels(architectures: list[str]) -> tuple[list[str], str]:
     """Wrapped axis labels; a backbone shared by all is moved to the title."""
-    import textwrap
-
     labels, common = _without_common_backbone(architectures)
-    return [textwrap.fill(a, 22) for a in labels], common
+    return _wrapped(labels, 22), common
 
 
 def _legend_below(fig: Any, ax: Any, common: str = "") -> None:
@@ -53,6 +51,7 @@ def _legend_below(fig: Any, ax: Any, common: str = "") -> None:
 
 
 def _wrapped(labels: list[str], width: int = 110) -> list[str]:
+    """Each label broken into lines of at most `width` characters."""
     import textwrap
 
     return [textwrap.fill(label, width) for label in labels]
